@@ -1,0 +1,138 @@
+"""Dataset access with pybids: participants, sessions, each task's inputs and user-supplied labels.
+
+User-supplied labels live in a ``derivatives/labels`` folder in the spine-generic naming:
+``sub-<s>/[ses-<t>/]<datatype>/<source stem>_<label query>.nii.gz``, for example
+``sub-01_T2w_label-disc_seg.nii.gz`` or ``sub-01_T2w_label-SC_desc-vertlevels_seg.nii.gz``.
+A label drawn on another image of the same participant and session is used too (mapped through
+world coordinates), so one set of disc labels serves every co-registered contrast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from bids_app.errors import DatasetError
+from bids_app.tasks import Task
+
+LOGGER = logging.getLogger(__name__)
+
+#: Extra pybids entities that some inputs use but pybids' default config does not know (CT).
+DERIVATIVE_NAME = "neuroseg"
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """One image to process: absolute path, path relative to the dataset, and its BIDS entities."""
+
+    path: Path
+    relpath: str
+    entities: dict
+
+    @property
+    def stem(self) -> str:
+        return self.path.name.split(".")[0]
+
+
+def load_layout(bids_dir: Path, database_dir: Path | None = None):
+    """Index ``bids_dir`` with pybids (cached in ``database_dir`` so reruns are instant).
+
+    Derivatives and ``.bidsignore``d paths are not indexed; labels are looked up separately.
+    """
+    from bids import BIDSLayout, BIDSLayoutIndexer
+
+    if not (bids_dir / "dataset_description.json").is_file():
+        raise DatasetError(f"{bids_dir} has no dataset_description.json: it is not a BIDS dataset. "
+                           "Point bids_dir at the dataset root.")
+    # pybids' default ignores (code/, sourcedata/, dot-files) apply; derivatives are not indexed.
+    indexer = BIDSLayoutIndexer(validate=False)
+    kwargs = {}
+    if database_dir is not None:
+        database_dir.mkdir(parents=True, exist_ok=True)
+        kwargs["database_path"] = database_dir
+    try:
+        return BIDSLayout(str(bids_dir), validate=False, indexer=indexer, **kwargs)
+    except Exception as exc:  # pybids raises many types for broken datasets
+        raise DatasetError(f"pybids could not index {bids_dir}: {exc}") from exc
+
+
+def participants(layout, requested: tuple[str, ...] = ()) -> list[str]:
+    """Participant labels to process (without ``sub-``): all, or those requested, checked to exist."""
+    available = sorted(layout.get_subjects())
+    if not requested:
+        if not available:
+            raise DatasetError(f"No sub-* folders found in {layout.root}.")
+        return available
+    missing = sorted(set(requested) - set(available))
+    if missing:
+        raise DatasetError(f"Participant(s) {', '.join('sub-' + m for m in missing)} not found in {layout.root}; "
+                           f"available: {', '.join(available) or 'none'}.")
+    return list(requested)
+
+
+def collect_inputs(layout, task: Task, subject: str, sessions: tuple[str, ...] = (),
+                   filters: dict | None = None) -> list[InputImage]:
+    """The images of ``task`` for one participant: the task's query merged with user ``filters``."""
+    query = {**dict(task.inputs), **(filters or {})}
+    if sessions:
+        query["session"] = list(sessions)
+    files = layout.get(subject=subject, return_type="object", **query)
+    root = Path(layout.root)
+    return [InputImage(path=Path(f.path), relpath=str(Path(f.path).relative_to(root)), entities=dict(f.get_entities()))
+            for f in sorted(files, key=lambda f: f.path)]
+
+
+def task_filters(bids_filters: dict, task_name: str) -> dict:
+    """Filters for ``task_name`` from a ``--bids-filter-file``: its own key, else ``"all"``."""
+    return dict(bids_filters.get(task_name, bids_filters.get("all", {})))
+
+
+def find_label(labels_dir: Path | None, image: InputImage, query: str) -> Path | None:
+    """A user-supplied label for ``image`` (same stem first, else another image of the same session)."""
+    if labels_dir is None:
+        return None
+    folder = labels_dir / Path(image.relpath).parent
+    exact = folder / f"{image.stem}_{query}.nii.gz"
+    if exact.is_file():
+        return exact
+    others = sorted(folder.glob(f"*_{query}.nii.gz"))
+    # Only labels whose stem is another image of this same participant/session (same folder).
+    return others[0] if others else None
+
+
+def read_filter_file(path: Path) -> dict:
+    """Load a ``--bids-filter-file`` (JSON object of per-task pybids filters)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"Cannot read --bids-filter-file {path}: {exc}") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise DatasetError(f"--bids-filter-file {path} must map task names (or 'all') to pybids filters, "
+                           'e.g. {"spinalcord": {"suffix": ["T2w"]}}.')
+    return data
+
+
+def validate_dataset(bids_dir: Path) -> None:
+    """Run the BIDS validator (``bids-validator-deno``) and refuse a dataset with errors."""
+    # The validator is installed beside the app's interpreter, which may not be on PATH.
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    exe = shutil.which("bids-validator-deno", path=search)
+    if exe is None:
+        LOGGER.warning("No BIDS validator found on PATH; skipping validation (install bids-validator-deno).")
+        return
+    result = subprocess.run([exe, str(bids_dir), "--json", "--ignoreWarnings"], capture_output=True, text=True)
+    if result.returncode == 0:
+        return
+    try:
+        issues = json.loads(result.stdout)["issues"]["issues"]
+        codes = sorted({i.get("code", "?") for i in issues if i.get("severity") == "error"})
+    except (ValueError, KeyError, TypeError):
+        codes = [result.stderr.strip()[-500:] or "unknown"]
+    raise DatasetError(f"The BIDS validator found errors in {bids_dir}: {', '.join(codes)}. Fix them, "
+                       "or pass --skip-bids-validation if you know the inputs are usable.")

@@ -1,0 +1,201 @@
+"""The BIDS-Apps command line: ``neuroseg bids_dir output_dir {participant,group} [options]``.
+
+Exit codes are listed in :mod:`bids_app.errors` (0 success, 2 usage/config, 3 dataset, 4 model or
+device, 5 workflow failure, 6 nothing to aggregate, 1 unexpected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bids_app.config import Config, default_models_dir, get_version
+from bids_app.errors import ConfigError, ModelError, NeurosegError, WorkflowError
+from bids_app.tasks import REGISTRY
+
+LOGGER = logging.getLogger("neuroseg")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neuroseg",
+        description="neuroseg: spinal-cord (and more) segmentation and morphometry as a BIDS App.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Exit codes: 0 ok, 1 internal error, 2 usage/config, 3 dataset, 4 model/device, "
+               "5 workflow failure, 6 nothing to aggregate.",
+    )
+    parser.add_argument("bids_dir", type=Path, help="root of the BIDS dataset")
+    parser.add_argument("output_dir", type=Path, help="derivatives folder (e.g. bids_dir/derivatives/neuroseg)")
+    parser.add_argument("analysis_level", choices=["participant", "group"], help="processing stage")
+    parser.add_argument("--version", action="version", version=f"neuroseg {get_version()}")
+    sel = parser.add_argument_group("selecting data")
+    sel.add_argument("--participant-label", "--participant_label", nargs="+", default=[],
+                     help="participant labels, with or without 'sub-' (default: all)")
+    sel.add_argument("--session-label", nargs="+", default=[], help="session labels, with or without 'ses-'")
+    sel.add_argument("--tasks", nargs="+", choices=sorted(REGISTRY), default=["spinalcord"], help="tasks to run")
+    sel.add_argument("--bids-filter-file", type=Path,
+                     help="JSON mapping task names (or 'all') to pybids filters refining each task's inputs")
+    sel.add_argument("--labels-dir", type=Path,
+                     help="folder of user labels (disc labels, manual masks); default bids_dir/derivatives/labels")
+    sel.add_argument("--skip-bids-validation", action="store_true", help="do not run the BIDS validator")
+    perf = parser.add_argument_group("performance")
+    perf.add_argument("--nprocs", "--n-cpus", type=int, default=os.cpu_count() or 1, help="parallel processes")
+    perf.add_argument("--omp-nthreads", type=int, default=0, help="threads per process (0: nprocs, at most 8)")
+    perf.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                      help="where the networks run; auto uses a GPU when torch sees one")
+    perf.add_argument("--nipype-plugin", default="MultiProc",
+                      help="Nipype plugin (MultiProc, Linear, SLURM, SGE, ...)")
+    perf.add_argument("--nipype-plugin-args", type=json.loads, default={},
+                      help='JSON of plugin arguments, e.g. \'{"sbatch_args": "-p short"}\'')
+    other = parser.add_argument_group("other")
+    other.add_argument("-w", "--work-dir", type=Path, help="Nipype work folder (default output_dir/../work)")
+    other.add_argument("--models-dir", type=Path, default=None, help="folder of model folders (default: shipped)")
+    other.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    return parser
+
+
+def _strip(labels: list[str], prefix: str) -> tuple[str, ...]:
+    return tuple(label[len(prefix):] if label.startswith(prefix) else label for label in labels)
+
+
+def _inside(path: Path, parent: Path) -> bool:
+    return path == parent or parent in path.parents
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA GPU, asked in a subprocess so that this process never imports torch."""
+    probe = "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+
+
+def resolve_device(requested: str) -> str:
+    """Decide once where the networks run: ``auto`` gives ``cuda`` when a GPU is visible, else ``cpu``."""
+    if requested == "cpu":
+        return "cpu"
+    if cuda_available():
+        return "cuda"
+    if requested == "cuda":
+        raise ModelError("--device cuda was requested but torch sees no CUDA GPU; use --device cpu or auto.")
+    return "cpu"
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """Parse arguments into a :class:`Config`, refusing unsafe folder combinations."""
+    args = build_parser().parse_args(argv)
+    bids_dir = args.bids_dir.resolve()
+    output_dir = args.output_dir.resolve()
+    if not bids_dir.is_dir():
+        raise ConfigError(f"bids_dir {bids_dir} does not exist.")
+    if output_dir == bids_dir:
+        raise ConfigError("output_dir must differ from bids_dir; use e.g. bids_dir/derivatives/neuroseg.")
+    if _inside(output_dir, bids_dir) and not _inside(output_dir, bids_dir / "derivatives"):
+        raise ConfigError(f"output_dir {output_dir} is inside bids_dir but not under its derivatives/ folder; "
+                          "write derivatives outside the dataset or under bids_dir/derivatives/.")
+    work_dir = (args.work_dir or output_dir.parent / "work").resolve()
+    if _inside(work_dir, bids_dir) and not _inside(work_dir, bids_dir / "derivatives"):
+        raise ConfigError(f"--work-dir {work_dir} is inside bids_dir; put the work folder elsewhere "
+                          "(it holds large temporary files).")
+    if args.nprocs < 1 or args.omp_nthreads < 0:
+        raise ConfigError("--nprocs must be at least 1 and --omp-nthreads at least 0.")
+    filters = {}
+    if args.bids_filter_file is not None:
+        from bids_app.bids import read_filter_file
+
+        filters = read_filter_file(args.bids_filter_file)
+    labels_dir = (args.labels_dir or bids_dir / "derivatives" / "labels").resolve()
+    models_dir = (args.models_dir or default_models_dir()).resolve()
+    device = args.device
+    if args.analysis_level == "participant":
+        device = resolve_device(args.device)
+    return Config(
+        bids_dir=bids_dir, output_dir=output_dir, analysis_level=args.analysis_level, work_dir=work_dir,
+        participant_label=_strip(args.participant_label, "sub-"), session_label=_strip(args.session_label, "ses-"),
+        tasks=tuple(dict.fromkeys(args.tasks)), bids_filters=filters,
+        labels_dir=labels_dir if labels_dir.is_dir() else None, device=device, nprocs=args.nprocs,
+        omp_nthreads=args.omp_nthreads or min(args.nprocs, 8), nipype_plugin=args.nipype_plugin,
+        nipype_plugin_args=args.nipype_plugin_args, models_dir=models_dir,
+        skip_bids_validation=args.skip_bids_validation, verbosity=args.verbose,
+    )
+
+
+def setup_logging(verbosity: int) -> None:
+    """neuroseg logs at INFO (DEBUG with -v); Nipype's own log at WARNING (INFO with -v, DEBUG with -vv)."""
+    level = logging.DEBUG if verbosity else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
+
+    nipype_level = ("WARNING", "INFO", "DEBUG")[min(verbosity, 2)]
+    nipype_config.update_config({"logging": {"workflow_level": nipype_level, "interface_level": nipype_level,
+                                             "utils_level": nipype_level}})
+    nipype_logging.update_logging(nipype_config)
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        logging.getLogger(name).propagate = False  # Nipype has its own handler
+
+
+def run_participant(config: Config) -> None:
+    """Build and run the participant-level workflow."""
+    from bids_app import bids, outputs
+    from bids_app.inference_meta import read_metadata
+    from bids_app.workflows.base import init_bids_app_wf
+
+    for task in config.tasks:
+        read_metadata(config.models_dir / REGISTRY[task].model)  # fail early on a missing model
+    if not config.skip_bids_validation:
+        bids.validate_dataset(config.bids_dir)
+    layout = bids.load_layout(config.bids_dir, config.work_dir / "pybids_db")
+    workflow = init_bids_app_wf(config, layout)
+    outputs.write_dataset_description(config.output_dir, config.bids_dir, config.version,
+                                      {REGISTRY[t].label: REGISTRY[t].description for t in config.tasks})
+    crash_dir = config.output_dir / "logs" / "crash"
+    workflow.config["execution"].update({"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
+                                         "remove_unnecessary_outputs": False})
+    plugin_args = dict(config.nipype_plugin_args)
+    if config.nipype_plugin == "MultiProc":
+        plugin_args.setdefault("n_procs", config.nprocs)
+        # Nipype refuses use_gpu nodes without GPU slots; one model on the GPU at a time.
+        plugin_args.setdefault("n_gpu_procs", 1 if config.device == "cuda" else 0)
+        plugin_args.setdefault("raise_insufficient", False)
+    try:
+        workflow.run(plugin=config.nipype_plugin, plugin_args=plugin_args)
+    except RuntimeError as exc:
+        raise WorkflowError(f"The workflow failed: {exc}. Crash reports are in {crash_dir}.") from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    os.environ.setdefault("NIPYPE_NO_ET", "1")
+    try:
+        config = parse_config(argv)
+    except SystemExit as exc:  # argparse: --help/--version (0) or usage errors (2)
+        return int(exc.code or 0)
+    except NeurosegError as exc:
+        logging.basicConfig(level=logging.ERROR)
+        LOGGER.error("%s", exc)
+        return exc.exit_code
+    setup_logging(config.verbosity)
+    if config.analysis_level == "participant":
+        LOGGER.log(logging.WARNING if config.device == "cpu" else logging.INFO,
+                   "Networks run on %s%s.", config.device,
+                   " (no GPU visible to torch; expect slower inference)" if config.device == "cpu" else "")
+    try:
+        config.save()
+        if config.analysis_level == "participant":
+            run_participant(config)
+        else:
+            from bids_app.group import run_group
+
+            run_group(config.output_dir, config.tasks)
+    except NeurosegError as exc:
+        LOGGER.error("%s", exc)
+        return exc.exit_code
+    except Exception:  # a bug: keep the traceback for the report
+        LOGGER.exception("Unexpected error; please report it with this log.")
+        return 1
+    LOGGER.info("neuroseg %s finished the %s level.", config.version, config.analysis_level)
+    return 0

@@ -1,0 +1,125 @@
+"""Group level: reads only the participant-level derivatives and writes cohort tables and figures.
+
+No model is loaded and the raw dataset is not read: the source of every row comes from the
+``Sources`` field of the participant-level sidecars.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from bids_app.errors import NothingToAggregateError
+from bids_app.measures import LEVEL_COLUMNS
+from bids_app.outputs import atomic_write_bytes, write_json
+from bids_app.tasks import get_task
+
+LOGGER = logging.getLogger(__name__)
+
+GROUP_CSA_COLUMNS = {
+    "participant_id": {"Description": "Participant label (sub-<label>)"},
+    "session_id": {"Description": "Session label (ses-<label>), n/a without sessions"},
+    "source": {"Description": "BIDS URI of the segmented image"},
+    "contrast": {"Description": "BIDS suffix of the segmented image (T1w, T2w, T2starw, PDw, MTS)"},
+    **LEVEL_COLUMNS,
+}
+_ENTITY = re.compile(r"(sub|ses|desc)-([a-zA-Z0-9]+)")
+
+
+def collect_csa(output_dir: Path, label: str) -> pd.DataFrame:
+    """Concatenate every per-level CSA table under ``output_dir`` into one cohort table."""
+    frames = []
+    for tsv in sorted(output_dir.glob(f"sub-*/**/*_label-{label}_desc-*levels_morph.tsv")):
+        entities = dict(_ENTITY.findall(tsv.name))
+        sidecar = json.loads(tsv.with_suffix(".json").read_text()) if tsv.with_suffix(".json").is_file() else {}
+        table = pd.read_csv(tsv, sep="\t", dtype={"level": str})
+        if table.empty:
+            continue
+        table.insert(0, "participant_id", f"sub-{entities['sub']}")
+        table.insert(1, "session_id", f"ses-{entities['ses']}" if "ses" in entities else "n/a")
+        table.insert(2, "source", (sidecar.get("Sources") or ["n/a"])[0])
+        table.insert(3, "contrast", entities["desc"][: -len("levels")])
+        frames.append(table)
+    if not frames:
+        raise NothingToAggregateError(
+            f"No per-level CSA tables (*_label-{label}_desc-*levels_morph.tsv) under {output_dir}; "
+            "run the participant level first, with the same output_dir.")
+    return pd.concat(frames, ignore_index=True)
+
+
+def plot_csa(table: pd.DataFrame, path: Path) -> None:
+    """Figure: CSA per vertebral level (or slab) for every image of the cohort, one line per image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = sorted(table["level"].unique(), key=_level_key)
+    position = {level: i for i, level in enumerate(levels)}
+    fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(levels) + 3), 4), dpi=120)
+    for (subject, session, source), rows in table.groupby(["participant_id", "session_id", "source"]):
+        rows = rows.assign(x=rows["level"].map(position)).sort_values("x")
+        name = f"{subject} {'' if session == 'n/a' else session + ' '}{rows['contrast'].iloc[0]}"
+        ax.errorbar(rows["x"], rows["csa_mean_mm2"], yerr=rows["csa_std_mm2"], marker="o", capsize=2, label=name)
+    ax.set_xticks(range(len(levels)), [_level_name(v) for v in levels], rotation=45 if len(levels) > 8 else 0)
+    ax.set_xlabel("vertebral level")
+    ax.set_ylabel("CSA (mm²)")
+    ax.set_title("Spinal-cord cross-sectional area across the cohort")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _level_key(level: str) -> tuple[int, float]:
+    return (0, float(level)) if level.isdigit() else (1, float(re.findall(r"[-\d.]+", level)[0]))
+
+
+def _level_name(level: str) -> str:
+    """SCT numbering: 1..7 → C1..C7, 8..19 → T1..T12, 20.. → L1..; slab names are kept."""
+    if not level.isdigit():
+        return level
+    n = int(level)
+    if n <= 7:
+        return f"C{n}"
+    if n <= 19:
+        return f"T{n - 7}"
+    return f"L{n - 19}"
+
+
+def aggregate_spinalcord(output_dir: Path) -> list[Path]:
+    """``group_csa.tsv`` (+ sidecar) and ``figures/group_csa.png``."""
+    task = get_task("spinalcord")
+    table = collect_csa(output_dir, task.label)
+    tsv = output_dir / task.group_table
+    atomic_write_bytes(tsv, table.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.4f").encode())
+    write_json(tsv.with_suffix(".json"), GROUP_CSA_COLUMNS)
+    figure = output_dir / "figures" / "group_csa.png"
+    plot_csa(table, figure)
+    LOGGER.info("group CSA: %d rows from %d images -> %s", len(table), table["source"].nunique(), tsv)
+    return [tsv, figure]
+
+
+#: Group-level aggregation per task.
+AGGREGATORS = {"spinalcord": aggregate_spinalcord}
+
+
+def run_group(output_dir: Path, tasks: tuple[str, ...]) -> list[Path]:
+    """Run every requested task's aggregation; fails if none had anything to aggregate."""
+    written, errors = [], []
+    for task in tasks:
+        try:
+            written += AGGREGATORS[task](output_dir)
+        except NothingToAggregateError as exc:
+            errors.append(exc)
+    if not written:
+        raise errors[0] if errors else NothingToAggregateError(f"Nothing to aggregate in {output_dir}.")
+    return written

@@ -1,0 +1,257 @@
+"""Morphometry on segmentations: plain numpy/scipy functions, no Nipype, no torch.
+
+Conventions
+-----------
+Arrays are in the closest-canonical RAS+ orientation, shape ``(X, Y, Z)``; axis 2 runs inferior to
+superior and ``zooms`` are voxel sizes in mm. Slices are axial planes ``[:, :, k]``.
+
+Cross-sectional area (CSA), as in SCT's ``sct_process_segmentation``
+---------------------------------------------------------------------
+For slice ``k`` with in-plane voxel size ``dx, dy`` (mm) and segmentation values ``s`` in [0, 1]::
+
+    area_k  = dx * dy * sum_ij s_ijk                      (mm^2; soft values count partial volume)
+    c(z)    = smoothed centre of mass (x_k, y_k) in mm as a function of z_k = k * dz
+    theta_k = arccos( 1 / || (dx/dz, dy/dz, 1) || )       (angle between cord tangent and slice normal)
+    CSA_k   = area_k * cos(theta_k)                       (area of the cut perpendicular to the cord)
+
+The centreline is a smoothing spline of the per-slice centres of mass (GCV-chosen smoothing, SciPy's
+``make_smoothing_spline``) when at least 5 slices contain cord, a straight line otherwise.
+
+Vertebral levels
+----------------
+Disc labels follow SCT/spine-generic: the label value ``n`` marks the posterior tip of the disc at the
+top of vertebra ``n`` (3 = C2/C3 disc). A slice belongs to level ``n`` when the nearest disc above it
+has value ``n``. Above the top disc ``v`` the slices belong to level ``v - 1`` and below the bottom disc
+``w`` to level ``w``, in both cases only within one typical vertebral height (the median distance
+between the given discs, or 20 mm with a single disc). A levelled cord mask (value = level per voxel)
+is used directly (per-slice majority).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+LOGGER = logging.getLogger(__name__)
+
+#: Typical vertebral-body-plus-disc height (mm) used to bound open-ended levels with a single disc.
+DEFAULT_LEVEL_HEIGHT_MM = 20.0
+
+
+@dataclass(frozen=True)
+class SliceCSA:
+    """Per-slice morphometry, each array of length Z (NaN where the slice holds no cord).
+
+    ``z_mm``: slice position (k * dz); ``area_mm2``: axial area; ``angle_deg``: cord tilt;
+    ``csa_mm2``: angle-corrected CSA; ``centre_mm``: (Z, 2) fitted centreline in mm.
+    """
+
+    z_mm: np.ndarray
+    area_mm2: np.ndarray
+    angle_deg: np.ndarray
+    csa_mm2: np.ndarray
+    centre_mm: np.ndarray
+
+
+def centreline(seg: np.ndarray, zooms: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fit a centreline to ``seg`` ``(X, Y, Z)``.
+
+    Returns ``(slices, centre_mm, tangent)``: indices of slices with cord, the fitted (x, y) in mm on
+    those slices ``(n, 2)`` and the derivatives (dx/dz, dy/dz) ``(n, 2)``.
+    """
+    dx, dy, dz = zooms
+    sums = seg.sum(axis=(0, 1))
+    slices = np.flatnonzero(sums > 0)
+    if slices.size == 0:
+        return slices, np.zeros((0, 2)), np.zeros((0, 2))
+    raw = np.array([ndimage.center_of_mass(seg[:, :, k]) for k in slices]) * np.array([dx, dy])
+    z = slices * dz
+    if slices.size >= 5:
+        from scipy.interpolate import make_smoothing_spline
+
+        splines = [make_smoothing_spline(z, raw[:, i], w=sums[slices]) for i in (0, 1)]
+        fitted = np.stack([s(z) for s in splines], axis=1)
+        tangent = np.stack([s.derivative()(z) for s in splines], axis=1)
+    elif slices.size >= 2:
+        coefs = [np.polyfit(z, raw[:, i], 1, w=np.sqrt(sums[slices])) for i in (0, 1)]
+        fitted = np.stack([np.polyval(c, z) for c in coefs], axis=1)
+        tangent = np.tile([c[0] for c in coefs], (slices.size, 1))
+    else:
+        fitted, tangent = raw, np.zeros_like(raw)
+    return slices, fitted, tangent
+
+
+def csa_per_slice(seg: np.ndarray, zooms: tuple[float, float, float], angle_correction: bool = True) -> SliceCSA:
+    """Angle-corrected cross-sectional area per axial slice (see the module docstring for formulas).
+
+    ``seg``: ``(X, Y, Z)`` soft (0..1) or binary segmentation; ``zooms``: voxel sizes in mm.
+    """
+    seg = np.clip(np.asarray(seg, dtype=np.float64), 0.0, 1.0)
+    dx, dy, dz = (float(z) for z in zooms[:3])
+    n_z = seg.shape[2]
+    area = np.full(n_z, np.nan)
+    angle = np.full(n_z, np.nan)
+    centre = np.full((n_z, 2), np.nan)
+    slices, fitted, tangent = centreline(seg, (dx, dy, dz))
+    area[slices] = seg[:, :, slices].sum(axis=(0, 1)) * dx * dy
+    centre[slices] = fitted
+    if angle_correction:
+        angle[slices] = np.degrees(np.arccos(1.0 / np.sqrt(1.0 + (tangent ** 2).sum(axis=1))))
+    else:
+        angle[slices] = 0.0
+    csa = area * np.cos(np.radians(angle))
+    return SliceCSA(z_mm=np.arange(n_z) * dz, area_mm2=area, angle_deg=angle, csa_mm2=csa, centre_mm=centre)
+
+
+def levels_from_discs(disc_z: dict[int, float], n_slices: int, dz: float) -> np.ndarray:
+    """Vertebral level per slice (0 = unassigned) from disc positions ``{value: z index (float)}``.
+
+    Axis 2 runs inferior to superior, so a disc "above" a slice has a larger z index.
+    """
+    levels = np.zeros(n_slices, dtype=int)
+    if not disc_z:
+        return levels
+    ordered = sorted(disc_z.items(), key=lambda item: -item[1])  # superior first
+    zs = np.array([z for _, z in ordered])
+    height = float(np.median(-np.diff(zs))) * dz if len(zs) > 1 else DEFAULT_LEVEL_HEIGHT_MM
+    for k in range(n_slices):
+        above = [(value, z) for value, z in ordered if z >= k]
+        if above:
+            value, z = above[-1]  # nearest disc above
+            if value == ordered[-1][0] and (z - k) * dz > height:
+                continue  # below the bottom disc by more than one vertebra
+            levels[k] = value
+        else:
+            value, z = ordered[0]
+            if (k - z) * dz <= height and value > 1:
+                levels[k] = value - 1
+    return levels
+
+
+def levels_from_levelled_mask(levelled: np.ndarray) -> np.ndarray:
+    """Majority vertebral level per axial slice of a levelled cord mask ``(X, Y, Z)`` (0 = none)."""
+    levelled = np.rint(levelled).astype(int)
+    out = np.zeros(levelled.shape[2], dtype=int)
+    for k in range(levelled.shape[2]):
+        values = levelled[:, :, k][levelled[:, :, k] > 0]
+        if values.size:
+            out[k] = int(np.bincount(values).argmax())
+    return out
+
+
+def map_labels_to_slices(label_data: np.ndarray, label_affine: np.ndarray, target_affine: np.ndarray,
+                         ) -> list[tuple[int, float]]:
+    """Map each labelled voxel of another image into slice coordinates of the target image.
+
+    Returns ``(label value, continuous z index in the target)`` per labelled voxel, through world
+    (scanner) coordinates, so labels drawn on a co-registered contrast can be used.
+    """
+    ijk = np.argwhere(label_data > 0)
+    if ijk.size == 0:
+        return []
+    values = np.rint(label_data[tuple(ijk.T)]).astype(int)
+    world = label_affine[:3, :3] @ ijk.T + label_affine[:3, 3:4]
+    target = np.linalg.inv(target_affine)
+    z = (target[:3, :3] @ world + target[:3, 3:4])[2]
+    return list(zip(values.tolist(), z.tolist()))
+
+
+def levels_per_slice(label_data: np.ndarray, label_affine: np.ndarray, target_affine: np.ndarray,
+                     n_slices: int, dz: float) -> np.ndarray:
+    """Vertebral level per target slice from disc labels or a levelled cord mask on any grid.
+
+    A label image whose non-zero voxels form at most one small blob per value is treated as disc
+    labels; anything larger as a levelled cord mask.
+    """
+    mapped = map_labels_to_slices(label_data, label_affine, target_affine)
+    if not mapped:
+        return np.zeros(n_slices, dtype=int)
+    values = np.array([v for v, _ in mapped])
+    counts = np.bincount(values)
+    if counts[counts > 0].max() <= 27:  # a disc label is a point or a small blob
+        discs = {int(v): float(np.mean([z for vv, z in mapped if vv == v])) for v in np.unique(values)}
+        return levels_from_discs(discs, n_slices, dz)
+    out = np.zeros(n_slices, dtype=int)
+    zs = np.rint([z for _, z in mapped]).astype(int)
+    for k in range(n_slices):
+        here = values[zs == k]
+        if here.size:
+            out[k] = int(np.bincount(here).argmax())
+    return out
+
+
+def aggregate_by_level(csa: SliceCSA, levels: np.ndarray) -> list[dict[str, float]]:
+    """Mean/std/min/max CSA per vertebral level (rows only for levels with cord)."""
+    rows = []
+    for level in sorted(set(levels[levels > 0].tolist())):
+        values = csa.csa_mm2[(levels == level) & ~np.isnan(csa.csa_mm2)]
+        if values.size:
+            rows.append(_summary({"level": f"{level}"}, values, csa))
+    return rows
+
+
+def aggregate_by_range(csa: SliceCSA, step_mm: float = 10.0) -> list[dict[str, float]]:
+    """Mean CSA per slab of ``step_mm`` along z, used when no vertebral level is known."""
+    rows = []
+    valid = ~np.isnan(csa.csa_mm2)
+    if not valid.any():
+        return rows
+    z = csa.z_mm
+    start = np.floor(z[valid].min() / step_mm) * step_mm
+    while start <= z[valid].max():
+        inside = valid & (z >= start) & (z < start + step_mm)
+        if inside.any():
+            rows.append(_summary({"level": f"z{start:g}-{start + step_mm:g}mm"}, csa.csa_mm2[inside], csa))
+        start += step_mm
+    return rows
+
+
+def _summary(row: dict, values: np.ndarray, csa: SliceCSA) -> dict[str, float]:
+    row.update(n_slices=int(values.size), csa_mean_mm2=float(np.mean(values)), csa_std_mm2=float(np.std(values)),
+               csa_min_mm2=float(np.min(values)), csa_max_mm2=float(np.max(values)))
+    return row
+
+
+def binarise(soft: np.ndarray, threshold: float, largest_component: bool = True) -> np.ndarray:
+    """Binary mask (uint8) of ``soft >= threshold``; optionally keep the largest 3D connected component."""
+    mask = soft >= threshold
+    if largest_component and mask.any():
+        labels, n = ndimage.label(mask)
+        if n > 1:
+            sizes = ndimage.sum(mask, labels, index=range(1, n + 1))
+            mask = labels == (int(np.argmax(sizes)) + 1)
+    return mask.astype(np.uint8)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice coefficient of two binary arrays (1.0 when both are empty)."""
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
+
+
+#: BIDS-style descriptions of the per-slice CSA table columns (written into its sidecar).
+SLICE_COLUMNS = {
+    "slice": {"Description": "Axial slice index along the inferior-superior axis of the RAS+ reoriented image"},
+    "z_mm": {"Description": "Slice position: index times slice thickness", "Units": "mm"},
+    "vertlevel": {"Description": "Vertebral level (2 = C2, ...), from disc labels or a levelled mask; n/a if unknown"},
+    "area_mm2": {"Description": "Axial area of the soft segmentation (partial volume counted)", "Units": "mm^2"},
+    "angle_deg": {"Description": "Angle between the cord centreline and the slice normal", "Units": "degree"},
+    "csa_mm2": {"Description": "Cross-sectional area from the soft segmentation: area_mm2 * cos(angle_deg)",
+                "Units": "mm^2"},
+    "csa_binary_mm2": {"Description": "Cross-sectional area from the binary mask, same formula", "Units": "mm^2"},
+    "csa_manual_mm2": {"Description": "Cross-sectional area of the manual mask (only when one was supplied)",
+                       "Units": "mm^2"},
+}
+#: Descriptions of the per-level CSA table columns.
+LEVEL_COLUMNS = {
+    "level": {"Description": "Vertebral level, or z range 'z<a>-<b>mm' when no level is known"},
+    "n_slices": {"Description": "Number of slices with cord in this level"},
+    "csa_mean_mm2": {"Description": "Mean angle-corrected soft CSA", "Units": "mm^2"},
+    "csa_std_mm2": {"Description": "Standard deviation of the CSA over the slices", "Units": "mm^2"},
+    "csa_min_mm2": {"Description": "Minimum CSA", "Units": "mm^2"},
+    "csa_max_mm2": {"Description": "Maximum CSA", "Units": "mm^2"},
+}

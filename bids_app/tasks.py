@@ -1,0 +1,61 @@
+"""The task registry: one entry per segmentation task drives the whole app.
+
+An entry says which BIDS files the task reads (a pybids query, which ``--bids-filter-file`` refines),
+which model folder it uses, which label its outputs carry, which workflow factory builds it, which
+group-level table it feeds and what to cite. The CLI choices (``--tasks``), the input collection, the
+output names and the group level all read this registry; nothing else lists tasks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class Task:
+    """A segmentation task.
+
+    ``inputs``: pybids query of the images to segment (one workflow per image);
+    ``label``: BIDS ``label-`` entity of the outputs; ``model``: folder name under the models dir;
+    ``workflow``: dotted path of the ``init_<name>_wf`` factory; ``group_table``: file name of the
+    cohort table written at the group level; ``label_queries``: suffix patterns of user-supplied labels
+    looked up under ``derivatives/labels`` (see :mod:`bids_app.bids`).
+    """
+
+    name: str
+    description: str
+    inputs: Mapping[str, object]
+    label: str
+    model: str
+    workflow: str
+    group_table: str
+    label_queries: Mapping[str, str] = field(default_factory=dict)
+    citation: str = ""
+
+
+REGISTRY: Mapping[str, Task] = MappingProxyType({
+    "spinalcord": Task(
+        name="spinalcord",
+        description="Contrast-agnostic soft spinal-cord segmentation and cross-sectional area (CSA).",
+        inputs=MappingProxyType({"datatype": "anat", "suffix": ["T1w", "T2w", "T2starw", "MTS", "PDw"],
+                                 "extension": [".nii", ".nii.gz"]}),
+        label="SC",
+        model="spinalcord",
+        workflow="bids_app.workflows.spinalcord.init_spinalcord_wf",
+        group_table="group_csa.tsv",
+        label_queries=MappingProxyType({"levels": "label-SC_desc-vertlevels_seg", "discs": "label-disc_seg",
+                                        "manual": "label-SC_seg"}),
+        citation=("Bédard S, Karthik EN, et al. Towards contrast-agnostic soft segmentation of the spinal cord. "
+                  "Medical Image Analysis 2025. doi:10.1016/j.media.2025.103473"),
+    ),
+})
+
+
+def get_task(name: str) -> Task:
+    """The registry entry for ``name`` (KeyError names the known tasks)."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"Unknown task '{name}'; known tasks: {', '.join(REGISTRY)}") from None

@@ -1,0 +1,1 @@
+"""Nipype workflow factories (``init_<name>_wf``)."""

@@ -1,0 +1,1 @@
+"""Reproduce neuroseg's shipped models: ``python -m training <config.json> [--export]``."""
