@@ -54,6 +54,7 @@ RUN python3 -m venv "${VIRTUAL_ENV}" \
 # read-only offline cache (a top-level `templateflow/` folder in the repo, if the
 # project ships one, lands here; otherwise an offline stub is created).
 ENV NEUROSEG_MODELS_DIR=/opt/neuroseg/models \
+    NEUROSEG_CONTAINER=docker \
     TEMPLATEFLOW_HOME=/opt/neuroseg/templateflow \
     TEMPLATEFLOW_AUTOUPDATE=0 \
     NIPYPE_NO_ET=1

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="folder of user labels (disc labels, manual masks); default bids_dir/derivatives/labels")
     sel.add_argument("--skip-bids-validation", action="store_true", help="do not run the BIDS validator")
     perf = parser.add_argument_group("performance")
-    perf.add_argument("--nprocs", "--n-cpus", type=int, default=os.cpu_count() or 1, help="parallel processes")
+    perf.add_argument("--nprocs", "--n-cpus", type=int, default=len(os.sched_getaffinity(0)),
+                      help="parallel processes (default: the CPUs this process may use)")
     perf.add_argument("--omp-nthreads", type=int, default=0, help="threads per process (0: nprocs, at most 8)")
     perf.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                       help="where the networks run; auto uses a GPU when torch sees one")

@@ -170,8 +170,16 @@ def predict_soft_cord(bundle: ModelBundle, volume: np.ndarray, zooms: tuple[floa
     if min(fine.shape[-2:]) > crop:
         step = max(1, n_slices // spec.get("detection_slices", 24))
         probe = np.arange(0, n_slices, step)
-        detected = _predict_fine(bundle, normalise_slices(fine[probe]))[:, 0]
-        found = [(k, np.argwhere(d.numpy() > 0.5).mean(axis=0)) for k, d in zip(probe, detected) if (d > 0.5).sum() > 4]
+        detected = _predict_fine(bundle, normalise_slices(fine[probe]))[:, 0].numpy()
+        # The cord is the largest connected structure through the probed slices; other bright blobs
+        # (vessels, vertebral bodies) must not pull the crop away from it.
+        from scipy import ndimage
+
+        labels, n_found = ndimage.label(detected > 0.5)
+        found = []
+        if n_found:
+            largest = labels == (int(np.argmax(np.bincount(labels.ravel())[1:])) + 1)
+            found = [(k, np.argwhere(largest[i]).mean(axis=0)) for i, k in enumerate(probe) if largest[i].any()]
         if found:
             ks = np.array([k for k, _ in found], dtype=float)
             xy = np.array([c for _, c in found])

@@ -80,6 +80,92 @@ def evaluate(config: dict, root: Path) -> dict:
     rows = evaluate_folder(folder, root / config["data"]["bids_dir"], images)
     result = {"model": read_metadata(folder)["name"], "sha256": read_metadata(folder)["sha256"], "rows": rows,
               "cv_sub-unf01_pct": round(contrast_cv(rows, "sub-unf01"), 2)}
+    holdout = None
+    holdout_file = folder / "holdout_metrics.json"
+    if holdout_file.is_file():  # written by training/holdout.py, which trains without the held-out subject
+        holdout = json.loads(holdout_file.read_text())
     (folder / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
     LOGGER.info("CV across sub-unf01 contrasts: %.2f%%", result["cv_sub-unf01_pct"])
+    write_card(config, root, result, holdout)
     return result
+
+
+def write_card(config: dict, root: Path, result: dict, holdout: dict | None = None) -> Path:
+    """Write ``README.md`` (the model card) from the config, metadata and measured metrics."""
+    folder = root / config["output"]["export_dir"]
+    meta = read_metadata(folder)
+    rows = result["rows"]
+    table = ["| image | Dice | CSA ours (mm²) | CSA manual (mm²) | CSA error | slices | seconds (CPU) |",
+             "|---|---|---|---|---|---|---|"]
+    table += [f"| {r['image']} | {r['dice']:.3f} | {r['csa_ours_mm2']:.1f} | {r['csa_manual_mm2']:.1f} | "
+              f"{r['csa_error_pct']:+.1f} % | {r['n_slices']} | {r['seconds']:.1f} |" for r in rows]
+    held = ""
+    if holdout:
+        held_rows = ["| image | Dice | CSA ours (mm²) | CSA manual (mm²) | CSA error |", "|---|---|---|---|---|"]
+        held_rows += [f"| {r['image']} | {r['dice']:.3f} | {r['csa_ours_mm2']:.1f} | {r['csa_manual_mm2']:.1f} | "
+                      f"{r['csa_error_pct']:+.1f} % |" for r in holdout["rows"]]
+        held = ("\n### Held-out check (images never seen in training)\n\n"
+                f"{holdout['description']}\n\n" + "\n".join(held_rows) + "\n")
+    arch = meta["architecture"]
+    text = f"""# {meta['name']} {meta['version']}: contrast-agnostic soft spinal-cord segmentation
+
+- **Task**: `spinalcord` (neuroseg). Output: soft cord segmentation in [0, 1] (`probseg`), binary mask at
+  threshold {meta['output']['threshold']} keeping the largest 3D component (`mask`), CSA from the soft map.
+- **Weights**: `{meta['weights']}` (safetensors), sha256 `{meta['sha256']}`. The app refuses weights
+  whose sha256 differs from `metadata.json`.
+- **Architecture**: MONAI `{arch['name']}` ({', '.join(f'{k}={v}' for k, v in arch['params'].items())}),
+  sigmoid output, one model for every contrast.
+- **Input**: one axial slice at a time from the RAS+ reoriented image (slice axis = inferior-superior),
+  resampled in plane to {meta['input']['spacing_mm']} mm (bilinear), intensities scaled per slice by the 0.5-99.5
+  percentiles; sliding-window inference (MONAI, window {meta['input']['roi_size']}, Gaussian blending); a
+  detection pass on a subset of slices crops every slice to {meta['input']['crop_mm']} mm around the cord. The soft
+  output is area-averaged back onto the native in-plane grid (partial volume preserved).
+- **Any MRI contrast** was the training goal (T1w, T2w, T2*w, PD/MT GRE seen in real data; random
+  contrasts from synthetic tissue maps).
+
+## Training data and recipe
+
+Reproduce with `python -m training {meta['training']['config']}` then `--evaluate`
+(seed {meta['training']['seed']}, {meta['training']['iterations']} iterations, batch
+{config['train']['batch_size']} of {config['train']['patch']}² patches, AdamW + one-cycle LR {config['train']['lr']}, 2 CPU threads).
+
+- **Real labelled slices** (40 % of each batch): the 8 labelled images of `bids-dev`
+  (`sub-sct01`: T1w, T2w, T2starw, MToff/MTon PDw; `sub-unf01`: T1w, T2w, T2starw), every image weighted
+  equally whatever its number of slices. Sources: Spinal Cord Toolbox testing data (MIT) and a
+  spine-generic subject via ivadomed test data (MIT).
+- **Synthetic slices from real anatomy** (30 %): the same slices' cord mask plus intensity classes of the
+  surrounding tissue, re-painted with random intensities per class (any contrast).
+- **Synthetic slices from the PAM50 template** (30 %): cord, CSF and tissue classes of `PAM50_small`
+  (SCT, MIT), with through-plane partial volume from averaging 1, 2 or 4 template slices (2-8 mm).
+- **Soft ground truth**: binary masks resampled bilinearly to the 0.5 mm grid (edge = partial-volume
+  fraction); co-registered contrasts of `sub-unf01` share one mask, hence one soft target.
+- **Loss**: regression on the soft target, 10 x MSE(sigmoid, target) + soft Dice (no binarisation).
+- **Augmentation**: rotation ±25°, scale 0.75-1.35, shear, flips, translation up to ±{config['train'].get('max_shift_px', 10)} px (the
+  cord may lie anywhere or outside the patch), inversion (30 %), gamma, bias field, blur, in-plane
+  resolution loss up to 3x per axis, Gaussian or Rician noise.
+
+## Metrics on real data (measured by `python -m training {meta['training']['config']} --evaluate`)
+
+Dice of the binary mask vs the manual mask; mean CSA of our soft segmentation vs mean CSA of the manual
+mask on the same slices (those where the manual mask has cord), both angle-corrected with the same
+formula (`bids_app.measures.csa_per_slice`). CPU time is the model alone (2 threads).
+
+**These images were also used in training**: they show fit and the consistency of CSA across
+contrasts, not generalisation. The held-out check below is the honest estimate.
+
+{chr(10).join(table)}
+
+Coefficient of variation of the mean CSA across `sub-unf01` T1w/T2w/T2starw (same slices):
+**{result['cv_sub-unf01_pct']:.2f} %**.
+{held}
+## Limitations
+
+- Real labelled training data: two subjects. Expect lower Dice on unseen anatomy (compression,
+  atrophy, lumbar cord) and on contrasts far from those listed; check the QC outputs.
+- CSA follows the manual masks' convention of these two datasets (`sub-sct01`'s T2w mask is an
+  automatic SCT segmentation).
+- 2D axial model: images must have the inferior-superior axis close to a voxel axis (standard spine
+  protocols); strongly oblique acquisitions are reoriented but not resampled.
+"""
+    (folder / "README.md").write_text(text)
+    return folder / "README.md"

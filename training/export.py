@@ -22,6 +22,7 @@ def export(config: dict, root: Path) -> Path:
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     weights = folder / "model.safetensors"
     save_file({k: v.contiguous() for k, v in state["network"].items()}, str(weights))
+    weights.chmod(0o644)
     metadata = {
         "name": out_cfg["name"],
         "version": out_cfg["version"],

@@ -184,14 +184,16 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def augment(image: torch.Tensor, target: torch.Tensor, patch: int, gen: torch.Generator,
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+            max_shift: float = 56.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Spatial and image-quality augmentation of ``(B, P, P)`` images and soft targets.
 
     Returns ``(B, 1, patch, patch)`` normalised images and soft targets.
     """
     b, size = image.shape[0], image.shape[-1]
     x = torch.stack([image, target], 1)
-    # Spatial: rotation (+-25 deg), anisotropic scale (0.75-1.35), shear, translation (+-10 px), flips.
+    # Spatial: rotation (+-25 deg), anisotropic scale (0.75-1.35), shear, flips, and translation of up to
+    # +-``max_shift`` pool pixels: the cord must be found anywhere in the patch, or not at all when it
+    # leaves the view (a network trained on centred cords learns position, not anatomy).
     angle = (torch.rand(b, generator=gen) - 0.5) * math.radians(50)
     scale = 0.75 + torch.rand(b, 2, generator=gen) * 0.6
     shear = (torch.rand(b, generator=gen) - 0.5) * 0.2
@@ -202,7 +204,7 @@ def augment(image: torch.Tensor, target: torch.Tensor, patch: int, gen: torch.Ge
     theta[:, 1, 0] = sin / scale[:, 1]
     theta[:, 1, 1] = cos / scale[:, 1]
     theta[:, :, :2] *= patch / size
-    theta[:, :, 2] = (torch.rand(b, 2, generator=gen) - 0.5) * 2 * 10 / size * 2
+    theta[:, :, 2] = (torch.rand(b, 2, generator=gen) - 0.5) * 2 * max_shift / size * 2
     flip = torch.rand(b, generator=gen) < 0.5
     theta[flip, 0, :] *= -1
     grid = F.affine_grid(theta, (b, 2, patch, patch), align_corners=False)
@@ -240,7 +242,7 @@ def augment(image: torch.Tensor, target: torch.Tensor, patch: int, gen: torch.Ge
 
 
 def sample_batch(pools: dict[str, SlicePool], mix: dict[str, float], batch_size: int, patch: int,
-                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                 gen: torch.Generator, max_shift: float = 56.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw a batch mixing the pools in the proportions ``mix`` and augment it."""
     names = list(mix)
     counts = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=gen))).multinomial(
@@ -254,7 +256,7 @@ def sample_batch(pools: dict[str, SlicePool], mix: dict[str, float], batch_size:
         image = pool.image[idx] if pool.image is not None else synthesise(pool.fractions[idx], gen)
         images.append(image)
         targets.append(pool.target[idx])
-    return augment(torch.cat(images), torch.cat(targets), patch, gen)
+    return augment(torch.cat(images), torch.cat(targets), patch, gen, max_shift)
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -308,7 +310,8 @@ def train(config: dict, root: Path, resume: bool = True) -> Path:
     network.train()
     t0, running = time.time(), []
     for it in range(start, total):
-        image, target = sample_batch(pools, train_cfg["mix"], train_cfg["batch_size"], train_cfg["patch"], gen)
+        image, target = sample_batch(pools, train_cfg["mix"], train_cfg["batch_size"], train_cfg["patch"], gen,
+                                     train_cfg["max_shift_px"])
         loss = loss_fn(network(image), target)
         optimiser.zero_grad()
         loss.backward()

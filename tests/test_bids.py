@@ -1,0 +1,85 @@
+"""The pybids walker on a synthetic dataset with and without sessions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bids_app import bids
+from bids_app.errors import DatasetError
+from bids_app.tasks import get_task
+
+TASK = get_task("spinalcord")
+
+
+@pytest.fixture(scope="module")
+def layout(synthetic_bids, tmp_path_factory):
+    return bids.load_layout(synthetic_bids, tmp_path_factory.mktemp("db"))
+
+
+def test_participants_all_and_selected(layout):
+    assert bids.participants(layout) == ["01", "02"]
+    assert bids.participants(layout, ("02",)) == ["02"]
+    with pytest.raises(DatasetError, match="sub-03"):
+        bids.participants(layout, ("03",))
+
+
+def test_inputs_with_sessions(layout):
+    images = bids.collect_inputs(layout, TASK, "02")
+    assert len(images) == 6
+    assert {i.entities["session"] for i in images} == {"A", "B"}
+    assert {i.entities["suffix"] for i in images} == {"T1w", "T2w", "T2starw"}
+    assert images[0].relpath.startswith("sub-02/ses-")
+    only_b = bids.collect_inputs(layout, TASK, "02", sessions=("B",))
+    assert len(only_b) == 3 and all("ses-B" in i.relpath for i in only_b)
+
+
+def test_inputs_without_sessions_and_filters(layout):
+    assert len(bids.collect_inputs(layout, TASK, "01")) == 3
+    t2w = bids.collect_inputs(layout, TASK, "01", filters={"suffix": "T2w"})
+    assert [i.path.name for i in t2w] == ["sub-01_T2w.nii.gz"]
+
+
+def test_filter_file(tmp_path):
+    good = tmp_path / "f.json"
+    good.write_text(json.dumps({"spinalcord": {"suffix": ["T2w"]}}))
+    filters = bids.read_filter_file(good)
+    assert bids.task_filters(filters, "spinalcord") == {"suffix": ["T2w"]}
+    assert bids.task_filters({"all": {"session": "A"}}, "spinalcord") == {"session": "A"}
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(DatasetError, match="must map task names"):
+        bids.read_filter_file(bad)
+
+
+def test_find_label_same_stem_then_same_session(layout, synthetic_bids):
+    labels = synthetic_bids / "derivatives" / "labels"
+    images = {i.path.name: i for i in bids.collect_inputs(layout, TASK, "01")}
+    exact = bids.find_label(labels, images["sub-01_T2w.nii.gz"], "label-disc_seg")
+    assert exact.name == "sub-01_T2w_label-disc_seg.nii.gz"
+    # the T1w has no disc labels of its own: the T2w's (same session) serve it
+    shared = bids.find_label(labels, images["sub-01_T1w.nii.gz"], "label-disc_seg")
+    assert shared == exact
+    assert bids.find_label(labels, images["sub-01_T1w.nii.gz"], "label-SC_seg") is None
+    assert bids.find_label(None, images["sub-01_T1w.nii.gz"], "label-disc_seg") is None
+
+
+def test_not_a_bids_dataset(tmp_path):
+    with pytest.raises(DatasetError, match="dataset_description.json"):
+        bids.load_layout(tmp_path)
+
+
+def test_validator_accepts_synthetic_dataset(synthetic_bids):
+    bids.validate_dataset(synthetic_bids)  # raises DatasetError on validator errors
+
+
+def test_validator_rejects_broken_dataset(tmp_path, synthetic_bids):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(synthetic_bids, broken)
+    (broken / "sub-01" / "anat" / "sub-01_T2w.nii.gz").write_bytes(b"not a nifti")
+    (broken / "sub-01" / "anat" / "sub-01_bogus-file.txt").write_text("x")
+    with pytest.raises(DatasetError, match="BIDS validator"):
+        bids.validate_dataset(broken)
