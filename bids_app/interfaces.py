@@ -144,52 +144,28 @@ class MeasureCSA(SimpleInterface):
         import pandas as pd
 
         soft_img = nib.load(self.inputs.soft_file)
-        zooms = tuple(float(z) for z in soft_img.header.get_zooms()[:3])
         soft = np.asarray(soft_img.dataobj, dtype=np.float32)
         mask = np.asarray(nib.load(self.inputs.mask_file).dataobj) > 0
-        # Soft CSA only inside the (dilated) kept component, so that stray faint blobs do not count.
-        from scipy import ndimage
-
-        support = ndimage.binary_dilation(mask, iterations=2) if mask.any() else np.zeros_like(mask)
-        csa = measures.csa_per_slice(soft * support, zooms)
-        csa_bin = measures.csa_per_slice(mask.astype(np.float32), zooms)
-        levels = np.zeros(soft.shape[2], dtype=int)
-        level_source = "none"
+        levels, level_source = None, "none"
         if isdefined(self.inputs.level_file):
             label = nib.load(self.inputs.level_file)
             levels = measures.levels_per_slice(np.asarray(label.dataobj), label.affine, soft_img.affine,
-                                               soft.shape[2], zooms[2])
+                                               soft.shape[2], float(soft_img.header.get_zooms()[2]))
             level_source = Path(self.inputs.level_file).name
-        table = pd.DataFrame({
-            "slice": np.arange(soft.shape[2]), "z_mm": csa.z_mm,
-            "vertlevel": np.where(levels > 0, levels.astype(object), "n/a"),
-            "area_mm2": csa.area_mm2, "angle_deg": csa.angle_deg, "csa_mm2": csa.csa_mm2,
-            "csa_binary_mm2": csa_bin.csa_mm2,
-        })
-        summary = {"CSAMeanMm2": _nanmean(csa.csa_mm2), "LevelSource": level_source,
-                   "SlicesWithCord": int(np.sum(~np.isnan(csa.csa_mm2)))}
+        manual = None
         if isdefined(self.inputs.manual_file):
             manual = np.asarray(nib.as_closest_canonical(nib.load(self.inputs.manual_file)).dataobj) > 0.5
-            if manual.shape == mask.shape:
-                ref = measures.csa_per_slice(manual.astype(np.float32), zooms)
-                table["csa_manual_mm2"] = ref.csa_mm2
-                same = ~np.isnan(ref.csa_mm2)
-                summary.update(ManualDice=measures.dice(mask, manual),
-                               ManualCSAMeanMm2=_nanmean(ref.csa_mm2),
-                               CSAMeanSameSlicesMm2=float(np.mean(np.nan_to_num(csa.csa_mm2[same]))))
-        rows = measures.aggregate_by_level(csa, levels) if levels.any() else measures.aggregate_by_range(csa)
-        level_table = pd.DataFrame(rows, columns=["level", "n_slices", "csa_mean_mm2", "csa_std_mm2",
-                                                  "csa_min_mm2", "csa_max_mm2"])
+        slices, level_rows, summary = measures.csa_tables(
+            soft, mask, tuple(float(z) for z in soft_img.header.get_zooms()[:3]), levels, manual)
+        summary["LevelSource"] = level_source
         self._results["slices_tsv"] = _out_path(runtime.cwd, self.inputs.soft_file, "slices", ".tsv")
         self._results["levels_tsv"] = _out_path(runtime.cwd, self.inputs.soft_file, "levels", ".tsv")
-        table.to_csv(self._results["slices_tsv"], sep="\t", index=False, na_rep="n/a", float_format="%.4f")
-        level_table.to_csv(self._results["levels_tsv"], sep="\t", index=False, na_rep="n/a", float_format="%.4f")
+        pd.DataFrame(slices).to_csv(self._results["slices_tsv"], sep="\t", index=False, na_rep="n/a",
+                                    float_format="%.4f")
+        pd.DataFrame(level_rows, columns=list(measures.LEVEL_COLUMNS)).to_csv(
+            self._results["levels_tsv"], sep="\t", index=False, na_rep="n/a", float_format="%.4f")
         self._results["summary"] = summary
         return runtime
-
-
-def _nanmean(values: np.ndarray) -> float | None:
-    return float(np.nanmean(values)) if np.any(~np.isnan(values)) else None
 
 
 # ----------------------------------------------------------------------------------------------------

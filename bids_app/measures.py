@@ -233,6 +233,36 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
 
 
+def csa_tables(soft: np.ndarray, mask: np.ndarray, zooms: tuple[float, float, float],
+               levels: np.ndarray | None = None, manual: np.ndarray | None = None,
+               ) -> tuple[dict[str, np.ndarray], list[dict], dict]:
+    """Per-slice columns, per-level rows and summary values of one cord segmentation.
+
+    ``soft`` and ``mask`` are ``(X, Y, Z)`` RAS+ arrays; the soft CSA counts only voxels within two
+    voxels of the binary mask (the kept component), so that faint stray blobs add no area.
+    ``levels``: vertebral level per slice (0 = unknown) or ``None`` (then 10 mm slabs);
+    ``manual``: a manual mask on the same grid adds validation columns and values.
+    """
+    support = ndimage.binary_dilation(mask, iterations=2) if mask.any() else np.zeros(mask.shape, bool)
+    csa = csa_per_slice(soft * support, zooms)
+    csa_bin = csa_per_slice(mask.astype(np.float32), zooms)
+    levels = np.zeros(soft.shape[2], dtype=int) if levels is None else levels
+    slices = {"slice": np.arange(soft.shape[2]), "z_mm": csa.z_mm,
+              "vertlevel": np.where(levels > 0, levels.astype(object), "n/a"), "area_mm2": csa.area_mm2,
+              "angle_deg": csa.angle_deg, "csa_mm2": csa.csa_mm2, "csa_binary_mm2": csa_bin.csa_mm2}
+    valid = ~np.isnan(csa.csa_mm2)
+    summary = {"CSAMeanMm2": float(np.mean(csa.csa_mm2[valid])) if valid.any() else None,
+               "SlicesWithCord": int(valid.sum())}
+    if manual is not None and manual.shape == mask.shape:
+        ref = csa_per_slice(manual.astype(np.float32), zooms)
+        slices["csa_manual_mm2"] = ref.csa_mm2
+        same = ~np.isnan(ref.csa_mm2)
+        summary.update(ManualDice=dice(mask, manual), ManualCSAMeanMm2=float(np.mean(ref.csa_mm2[same])),
+                       CSAMeanSameSlicesMm2=float(np.mean(np.nan_to_num(csa.csa_mm2[same]))))
+    rows = aggregate_by_level(csa, levels) if levels.any() else aggregate_by_range(csa)
+    return slices, rows, summary
+
+
 #: BIDS-style descriptions of the per-slice CSA table columns (written into its sidecar).
 SLICE_COLUMNS = {
     "slice": {"Description": "Axial slice index along the inferior-superior axis of the RAS+ reoriented image"},

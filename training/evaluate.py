@@ -24,30 +24,35 @@ from bids_app.inference_meta import read_metadata
 LOGGER = logging.getLogger(__name__)
 
 
-def evaluate_image(bundle, image_path: Path, label_path: Path) -> dict:
-    """Dice and CSA of one image against its manual mask (canonical RAS grid)."""
+def segment_and_measure(bundle, image_path: Path) -> dict:
+    """The app's result for one image, in RAS+: soft map, mask and the CSA tables (as written)."""
     img = nib.as_closest_canonical(nib.load(str(image_path)))
-    lab = nib.as_closest_canonical(nib.load(str(label_path)))
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     t0 = time.time()
     soft = predict_soft_cord(bundle, np.asarray(img.dataobj, dtype=np.float32), zooms)
     seconds = time.time() - t0
     out = bundle.metadata["output"]
     mask = measures.binarise(soft, out["threshold"], out["largest_component"])
-    manual = np.asarray(lab.dataobj) > 0.5
-    ours = measures.csa_per_slice(soft, zooms)
-    ref = measures.csa_per_slice(manual.astype(np.float32), zooms)
+    slices, _, summary = measures.csa_tables(soft, mask, zooms)
+    return {"soft": soft, "mask": mask, "zooms": zooms, "csa": slices["csa_mm2"], "seconds": seconds,
+            "csa_mean_mm2": summary["CSAMeanMm2"]}
+
+
+def evaluate_image(bundle, image_path: Path, label_path: Path) -> dict:
+    """Dice and CSA of one image against its manual mask (canonical RAS grid)."""
+    result = segment_and_measure(bundle, image_path)
+    manual = np.asarray(nib.as_closest_canonical(nib.load(str(label_path))).dataobj) > 0.5
+    ref = measures.csa_per_slice(manual.astype(np.float32), result["zooms"])
     same = ~np.isnan(ref.csa_mm2)
-    ours_csa = np.nan_to_num(ours.csa_mm2[same])
+    ours_csa = np.nan_to_num(result["csa"][same].astype(float))
     return {
         "image": image_path.name.replace(".nii.gz", ""),
-        "dice": round(measures.dice(mask, manual), 4),
+        "dice": round(measures.dice(result["mask"], manual), 4),
         "csa_ours_mm2": round(float(np.mean(ours_csa)), 2),
         "csa_manual_mm2": round(float(np.mean(ref.csa_mm2[same])), 2),
         "csa_error_pct": round(100 * (np.mean(ours_csa) / np.mean(ref.csa_mm2[same]) - 1), 2),
-        "csa_binary_mm2": round(float(np.nanmean(measures.csa_per_slice(mask, zooms).csa_mm2[same])), 2),
         "n_slices": int(same.sum()),
-        "seconds": round(seconds, 2),
+        "seconds": round(result["seconds"], 2),
         "per_slice_csa_ours": [round(float(v), 3) for v in ours_csa],
         "per_slice_csa_manual": [round(float(v), 3) for v in ref.csa_mm2[same]],
     }
