@@ -1,7 +1,7 @@
 """Command line of the training package.
 
-    python -m training training/configs/spinalcord.json               train (resumes), export
-    python -m training training/configs/spinalcord.json --export      export the last checkpoint only
+    python -m training training/configs/spinalcord.json               train (resumes), export, calibrate
+    python -m training training/configs/spinalcord.json --export      export and calibrate the last checkpoint
     python -m training training/configs/spinalcord.json --evaluate    measure on real data, write the card
     python -m training training/configs/spinalcord.json --holdout sub-unf01 [--iterations 4000]
         train the same recipe without that subject's labelled images, measure on them, and record the
@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = json.loads(args.config.read_text())
-    from training import evaluate, export, spinalcord
+    from training import calibrate, evaluate, export, spinalcord
+
+    bids_dir = ROOT / config["data"]["bids_dir"]
 
     if args.evaluate:
         evaluate.evaluate(config, ROOT)
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         held, excluded = holdout_config(config, args.holdout, args.iterations)
         spinalcord.train(held, ROOT, resume=not args.no_resume)
         folder = export.export(held, ROOT)
-        rows = evaluate.evaluate_folder(folder, ROOT / config["data"]["bids_dir"], excluded)
+        calibrate.calibrate(folder, bids_dir, held["data"]["train_images"])
+        rows = evaluate.evaluate_folder(folder, bids_dir, excluded)
         record = ROOT / config["output"]["export_dir"] / "holdout_metrics.json"
         previous = json.loads(record.read_text()) if record.is_file() else {"rows": []}
         kept = [r for r in previous["rows"] if not r["image"].startswith(args.holdout)]
@@ -65,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.export:
         spinalcord.train(config, ROOT, resume=not args.no_resume)
-    export.export(config, ROOT)
+    folder = export.export(config, ROOT)
+    calibrate.calibrate(folder, bids_dir, config["data"]["train_images"])
     return 0
 
 

@@ -259,14 +259,20 @@ def sample_batch(pools: dict[str, SlicePool], mix: dict[str, float], batch_size:
     return augment(torch.cat(images), torch.cat(targets), patch, gen, max_shift)
 
 
-def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Regression loss on the soft target: MSE of the sigmoid output plus soft Dice."""
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, mse_weight: float = 10.0,
+            dice_weight: float = 0.3) -> torch.Tensor:
+    """Regression loss on the soft target: weighted MSE of the sigmoid output plus a small soft Dice.
+
+    MSE is minimised by the expected partial-volume fraction, so the soft map stays calibrated for
+    CSA; a soft-Dice term speeds up learning of the small foreground but, weighted strongly, biases
+    the map towards over-segmentation (measured: +7 to +17 % area with weight 1), hence its low weight.
+    """
     prob = torch.sigmoid(logits)
     mse = F.mse_loss(prob, target)
     inter = (prob * target).sum((1, 2, 3))
     denom = prob.sum((1, 2, 3)) + target.sum((1, 2, 3))
     dice = 1 - (2 * inter + 1) / (denom + 1)
-    return mse * 10 + dice.mean()
+    return mse_weight * mse + dice_weight * dice.mean()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -312,7 +318,7 @@ def train(config: dict, root: Path, resume: bool = True) -> Path:
     for it in range(start, total):
         image, target = sample_batch(pools, train_cfg["mix"], train_cfg["batch_size"], train_cfg["patch"], gen,
                                      train_cfg["max_shift_px"])
-        loss = loss_fn(network(image), target)
+        loss = loss_fn(network(image), target, **train_cfg["loss"])
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
