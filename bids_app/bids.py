@@ -23,9 +23,6 @@ from bids_app.tasks import Task
 
 LOGGER = logging.getLogger(__name__)
 
-#: Extra pybids entities that some inputs use but pybids' default config does not know (CT).
-DERIVATIVE_NAME = "neuroseg"
-
 
 @dataclass(frozen=True)
 class InputImage:
@@ -101,8 +98,9 @@ def find_label(labels_dir: Path | None, image: InputImage, query: str) -> Path |
     exact = folder / f"{image.stem}_{query}.nii.gz"
     if exact.is_file():
         return exact
+    # Labels of another image in the same folder (same participant and session), e.g. disc labels
+    # drawn on the T2w serving the co-registered T1w; the first in sorted order, for reproducibility.
     others = sorted(folder.glob(f"*_{query}.nii.gz"))
-    # Only labels whose stem is another image of this same participant/session (same folder).
     return others[0] if others else None
 
 

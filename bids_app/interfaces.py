@@ -226,9 +226,12 @@ class DerivativesSink(SimpleInterface):
         ext = ".tsv" if self.inputs.in_file.endswith(".tsv") else ".nii.gz"
         relpath = outputs.derivative_relpath(self.inputs.source_entities, self.inputs.label, self.inputs.suffix,
                                              ext, self.inputs.desc_extra)
+        extra = dict(self.inputs.extra) if isdefined(self.inputs.extra) else {}
+        if ext == ".nii.gz":  # images stay on the source image's grid
+            extra.setdefault("SpatialReference", f"bids:raw:{self.inputs.source_relpath}")
         content = outputs.sidecar(self.inputs.source_relpath,
                                   self.inputs.model if isdefined(self.inputs.model) else None,
-                                  self.inputs.version, **(self.inputs.extra if isdefined(self.inputs.extra) else {}))
+                                  self.inputs.version, **extra)
         self._results["out_file"] = str(outputs.write_output(Path(self.inputs.output_dir), Path(self.inputs.in_file),
                                                              relpath, content))
         return runtime

@@ -112,6 +112,12 @@ def write_dataset_description(output_dir: Path, bids_dir: Path, version: str, la
     write_json(output_dir / "dataset_description.json", description)
     # The tables and logs are not (yet) BIDS-defined files.
     atomic_write_bytes(output_dir / ".bidsignore", b"logs/\ngroup_*\n*_morph.tsv\n*_morph.json\nfigures/\n")
+    readme = ("# neuroseg derivatives\n\nMade by neuroseg " + version + " from the dataset in DatasetLinks.raw. "
+              "Soft segmentations (_probseg), masks (_mask) and morphometry tables (_morph.tsv) per source image; "
+              "group_* tables and figures/ from the group level; logs/ holds each run's configuration.\n")
+    atomic_write_bytes(output_dir / "README.md", readme.encode())
     rows = ["index\tname\tabbreviation"] + [f"{i}\t{name}\t{abbr}" for i, (abbr, name) in
                                             enumerate(sorted(labels.items()), start=1)]
     atomic_write_bytes(output_dir / "desc-labels_dseg.tsv", ("\n".join(rows) + "\n").encode())
+    write_json(output_dir / "desc-labels_dseg.json",
+               {"Description": "Labels used by neuroseg's segmentations (index, name, abbreviation = label entity)."})

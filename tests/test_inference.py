@@ -72,3 +72,12 @@ def test_empty_image_gives_no_cord(bundle):
     rng = np.random.default_rng(0)
     soft = inference.predict_soft_cord(bundle, rng.normal(100, 5, (40, 40, 4)).astype(np.float32), (1, 1, 3))
     assert (soft > 0.5).sum() < 20
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_prediction_matches_cpu(bundle):
+    zooms = (0.8, 0.8, 3.0)
+    image, _ = cord_image((60, 60, 10), zooms, "T2w", seed=5)
+    gpu = inference.load_model(MODEL, "cuda")
+    assert np.abs(inference.predict_soft_cord(gpu, image, zooms) - inference.predict_soft_cord(bundle, image, zooms)).max() < 1e-3

@@ -78,3 +78,11 @@ def test_rerun_is_cached(derivatives, small_bids):
     code = main([str(small_bids), str(derivatives), "participant", "--device", "cpu", "--nprocs", "2",
                  "-w", str(derivatives.parent / "work"), "--bids-filter-file", str(derivatives.parent / "filter.json")])
     assert code == 0 and soft.read_bytes() == before
+
+
+def test_derivatives_pass_the_bids_validator(derivatives):
+    from bids_app.bids import validate_dataset
+
+    validate_dataset(derivatives)  # raises DatasetError on any validator error
+    meta = json.loads((derivatives / "sub-01" / "anat" / "sub-01_label-SC_desc-T2w_mask.json").read_text())
+    assert meta["Type"] == "ROI" and meta["SpatialReference"] == "bids:raw:sub-01/anat/sub-01_T2w.nii.gz"

@@ -52,7 +52,8 @@ def init_spinalcord_wf(
 
     common = dict(output_dir=str(output_dir), source_relpath=image.relpath, source_entities=image.entities,
                   label=task.label, model=model, version=version)
-    ds_probseg = pe.Node(DerivativesSink(suffix="probseg", **common), name="ds_probseg", run_without_submitting=True)
+    ds_probseg = pe.Node(DerivativesSink(suffix="probseg", extra={"Description": PROBSEG_DESCRIPTION}, **common),
+                         name="ds_probseg", run_without_submitting=True)
     ds_mask = pe.Node(DerivativesSink(suffix="mask", **common), name="ds_mask", run_without_submitting=True)
     ds_slices = pe.Node(DerivativesSink(suffix="morph", desc_extra="slices", **common), name="ds_slices",
                         run_without_submitting=True)
@@ -76,8 +77,13 @@ def init_spinalcord_wf(
     return workflow
 
 
+PROBSEG_DESCRIPTION = ("Soft spinal-cord segmentation: per-voxel cord fraction in [0, 1] on the source grid "
+                       "(partial volume preserved), from the contrast-agnostic cord model.")
+
+
 def _threshold_extra(threshold: float) -> dict:
-    return {"Threshold": threshold, "Description": "Binary spinal-cord mask (largest connected component)."}
+    return {"Type": "ROI", "Threshold": threshold,
+            "Description": "Binary spinal-cord mask: soft segmentation >= Threshold, largest connected component."}
 
 
 def _columns_extra(summary: dict, table: str) -> dict:
