@@ -301,6 +301,10 @@ def train(config: dict, root: Path, resume: bool = True) -> Path:
                                                     pct_start=0.05)
     start = 0
     ckpt = run_dir / "checkpoint.pt"
+    if train_cfg.get("init_from") and not (resume and ckpt.is_file()):
+        # Second stage: start from the weights of an earlier run (our own checkpoint, tensors only).
+        network.load_state_dict(torch.load(root / train_cfg["init_from"], weights_only=True)["network"])
+        LOGGER.info("initialised from %s", train_cfg["init_from"])
     if resume and ckpt.is_file():
         state = torch.load(ckpt, weights_only=True)
         network.load_state_dict(state["network"])
