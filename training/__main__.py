@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = json.loads(args.config.read_text())
+    config.setdefault("config_path", str(args.config.resolve().relative_to(ROOT)))
     from training import calibrate, evaluate, export, spinalcord
 
     bids_dir = ROOT / config["data"]["bids_dir"]

@@ -3,8 +3,12 @@
 Synthetic training slices put the cord boundary at the intensity edge, while manual masks of real
 images are drawn slightly inside it; the network learns a compromise that over-estimates the area of
 the manual convention. A single logit offset ``b`` (Platt scaling with the slope fixed to 1) is fitted
-so that the median over the calibration images of ``mean soft CSA / mean manual CSA`` (same slices)
-is 1; it is stored in ``metadata.json['output']['logit_offset']`` and applied before the sigmoid.
+so that the midrange (mean of the smallest and largest) over the calibration images of
+``mean soft CSA / mean manual CSA`` (same slices) is 1: the minimax choice, which keeps the worst
+relative CSA error over the images smallest. The labelled images follow several conventions (an
+automatic SCT mask, per-contrast masks, one manual mask shared by co-registered contrasts); a median
+would side with whichever convention has the most images. The offset is stored in
+``metadata.json['output']['logit_offset']`` and applied before the sigmoid.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from training.evaluate import evaluate_image
 LOGGER = logging.getLogger(__name__)
 
 
-def _median_ratio(bundle, bids_dir: Path, images: list[str], offset: float) -> float:
+def _midrange_ratio(bundle, bids_dir: Path, images: list[str], offset: float) -> float:
     bundle.metadata["output"]["logit_offset"] = offset
     ratios = []
     for rel in images:
@@ -30,7 +34,7 @@ def _median_ratio(bundle, bids_dir: Path, images: list[str], offset: float) -> f
             src.name.replace(".nii.gz", "_label-SC_seg.nii.gz")
         row = evaluate_image(bundle, src, label)
         ratios.append(row["csa_ours_mm2"] / row["csa_manual_mm2"])
-    return float(np.median(ratios))
+    return float((min(ratios) + max(ratios)) / 2)
 
 
 def calibrate(folder: Path, bids_dir: Path, images: list[str], low: float = -3.0, high: float = 3.0,
@@ -39,15 +43,15 @@ def calibrate(folder: Path, bids_dir: Path, images: list[str], low: float = -3.0
     bundle = load_model(folder, "cpu")
     for _ in range(steps):
         middle = (low + high) / 2
-        ratio = _median_ratio(bundle, bids_dir, images, middle)
-        LOGGER.info("logit offset %+.3f: median CSA ratio %.4f", middle, ratio)
+        ratio = _midrange_ratio(bundle, bids_dir, images, middle)
+        LOGGER.info("logit offset %+.3f: midrange CSA ratio %.4f", middle, ratio)
         # A larger offset raises every soft value, hence the area.
         low, high = (low, middle) if ratio > 1 else (middle, high)
     offset = round((low + high) / 2, 4)
     meta_path = Path(folder) / "metadata.json"
     meta = json.loads(meta_path.read_text())
     meta["output"]["logit_offset"] = offset
-    meta["output"]["calibration"] = {"method": "logit offset, median CSA ratio to manual masks = 1",
+    meta["output"]["calibration"] = {"method": "logit offset, midrange (minimax) of CSA ratios to manual masks = 1",
                                      "images": images}
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     return offset

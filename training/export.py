@@ -35,7 +35,8 @@ def export(config: dict, root: Path) -> Path:
                   "normalisation": "per-slice 0.5-99.5 percentile", **config["inference"]},
         "output": {"activation": "sigmoid", "labels": {"SC": 1}, "threshold": out_cfg["threshold"],
                    "largest_component": True},
-        "training": {"config": f"training/configs/{config['task']}.json", "iterations": int(state["iteration"]),
+        "training": {"config": config.get("config_path", f"training/configs/{config['task']}.json"),
+                     "init_from": config["train"].get("init_from"), "iterations": int(state["iteration"]),
                      "seed": config["seed"]},
     }
     (folder / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
