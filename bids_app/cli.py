@@ -162,6 +162,9 @@ def run_participant(config: Config) -> None:
         # Nipype refuses use_gpu nodes without GPU slots; one model on the GPU at a time.
         plugin_args.setdefault("n_gpu_procs", 1 if config.device == "cuda" else 0)
         plugin_args.setdefault("raise_insufficient", False)
+        # Workers forked from a process whose torch/OpenMP/ITK thread pools are already running can
+        # deadlock; a fork server starts them from a clean process.
+        plugin_args.setdefault("mp_context", "forkserver")
     try:
         workflow.run(plugin=config.nipype_plugin, plugin_args=plugin_args)
     except RuntimeError as exc:
