@@ -132,6 +132,7 @@ def setup_logging(verbosity: int) -> None:
     from nipype import logging as nipype_logging
 
     nipype_level = ("WARNING", "INFO", "DEBUG")[min(verbosity, 2)]
+    os.environ["NEUROSEG_NIPYPE_LOG_LEVEL"] = nipype_level  # read by the workers (bids_app.interfaces)
     nipype_config.update_config({"logging": {"workflow_level": nipype_level, "interface_level": nipype_level,
                                              "utils_level": nipype_level}})
     nipype_logging.update_logging(nipype_config)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +19,12 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterfac
 from bids_app import measures, outputs
 
 LOGGER = logging.getLogger(__name__)
+
+# MultiProc workers start from a fork server with Nipype's default (INFO) log levels; the CLI passes
+# the run's level through the environment and this module, imported by every worker, applies it.
+if os.environ.get("NEUROSEG_NIPYPE_LOG_LEVEL"):
+    for _name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        logging.getLogger(_name).setLevel(os.environ["NEUROSEG_NIPYPE_LOG_LEVEL"])
 
 
 def _out_path(runtime_cwd: str, in_file: str, suffix: str, ext: str = ".nii.gz") -> str:
