@@ -80,7 +80,11 @@ def plot_csa(table: pd.DataFrame, path: Path) -> None:
 
 
 def _level_key(level: str) -> tuple[int, float]:
-    return (0, float(level)) if level.isdigit() else (1, float(re.findall(r"[-\d.]+", level)[0]))
+    """Vertebral levels first (numerically), then slabs ``z<start>-<end>mm`` by their start."""
+    if level.isdigit():
+        return (0, float(level))
+    slab = re.match(r"z(-?[\d.]+)-", level)
+    return (1, float(slab.group(1))) if slab else (2, 0.0)
 
 
 def _level_name(level: str) -> str:

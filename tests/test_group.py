@@ -1,0 +1,47 @@
+"""Group level on hand-made derivatives: levels and slabs mixed, sessions, nothing to aggregate."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from bids_app import group, outputs
+from bids_app.errors import NothingToAggregateError
+
+
+def _write_levels(out, entities, rows):
+    rel = outputs.derivative_relpath(entities, "SC", "morph", ".tsv", "levels")
+    path = out / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
+    source = f"sub-{entities['subject']}/anat/sub-{entities['subject']}_{entities['suffix']}.nii.gz"
+    outputs.write_json(path.with_suffix(".json"), outputs.sidecar(source, None, "0.1.0"))
+
+
+def test_group_table_mixes_levels_and_slabs(tmp_path):
+    row = dict(n_slices=3, csa_mean_mm2=70.0, csa_std_mm2=1.0, csa_min_mm2=69.0, csa_max_mm2=71.0)
+    _write_levels(tmp_path, {"subject": "01", "suffix": "T2w"}, [dict(level="3", **row), dict(level="2", **row)])
+    _write_levels(tmp_path, {"subject": "02", "session": "A", "suffix": "T1w"},
+                  [dict(level="z10-20mm", **row), dict(level="z0-10mm", **row)])
+    written = group.run_group(tmp_path, ("spinalcord",))
+    table = pd.read_csv(tmp_path / "group_csa.tsv", sep="\t", dtype={"level": str})
+    assert len(table) == 4
+    assert table.loc[table["participant_id"] == "sub-02", "session_id"].tolist() == ["ses-A", "ses-A"]
+    assert set(table["contrast"]) == {"T1w", "T2w"}
+    assert table["source"].str.startswith("bids:raw:").all()
+    assert (tmp_path / "figures" / "group_csa.png") in written
+    assert set(json.loads((tmp_path / "group_csa.json").read_text())) >= set(table.columns)
+    order = sorted(["z10-20mm", "3", "z0-10mm", "2"], key=group._level_key)
+    assert order == ["2", "3", "z0-10mm", "z10-20mm"]
+
+
+def test_level_names():
+    assert [group._level_name(v) for v in ("2", "7", "8", "19", "20", "z0-10mm")] == \
+        ["C2", "C7", "T1", "T12", "L1", "z0-10mm"]
+
+
+def test_nothing_to_aggregate(tmp_path):
+    with pytest.raises(NothingToAggregateError, match="participant level first"):
+        group.run_group(tmp_path, ("spinalcord",))
