@@ -6,7 +6,6 @@ inside :class:`Segment` so that the other nodes (and the group level) never load
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -17,6 +16,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterfac
                                     traits)
 
 from bids_app import measures, outputs
+from bids_app.inference_meta import read_metadata
 
 LOGGER = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Binarise(SimpleInterface):
     output_spec = _BinariseOutputSpec
 
     def _run_interface(self, runtime):
-        spec = json.loads((Path(self.inputs.model_dir) / "metadata.json").read_text())["output"]
+        spec = read_metadata(Path(self.inputs.model_dir))["output"]
         img = nib.load(self.inputs.in_file)
         mask = measures.binarise(np.asarray(img.dataobj), spec["threshold"], spec.get("largest_component", False))
         self._results["out_file"] = _out_path(runtime.cwd, self.inputs.in_file, "mask")

@@ -20,20 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from bids_app.inference import load_model
-from training.evaluate import evaluate_image
+from training.evaluate import evaluate_bundle
 
 LOGGER = logging.getLogger(__name__)
 
 
 def _midrange_ratio(bundle, bids_dir: Path, images: list[str], offset: float) -> float:
     bundle.metadata["output"]["logit_offset"] = offset
-    ratios = []
-    for rel in images:
-        src = bids_dir / rel
-        label = bids_dir / "derivatives" / "labels" / src.parent.relative_to(bids_dir) / \
-            src.name.replace(".nii.gz", "_label-SC_seg.nii.gz")
-        row = evaluate_image(bundle, src, label)
-        ratios.append(row["csa_ours_mm2"] / row["csa_manual_mm2"])
+    ratios = [row["csa_ours_mm2"] / row["csa_manual_mm2"] for row in evaluate_bundle(bundle, bids_dir, images)]
     return float((min(ratios) + max(ratios)) / 2)
 
 

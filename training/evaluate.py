@@ -20,6 +20,7 @@ import numpy as np
 from bids_app import measures
 from bids_app.inference import load_model, predict_soft_cord
 from bids_app.inference_meta import read_metadata
+from training.spinalcord import manual_label_path
 
 LOGGER = logging.getLogger(__name__)
 
@@ -58,18 +59,19 @@ def evaluate_image(bundle, image_path: Path, label_path: Path) -> dict:
     }
 
 
-def evaluate_folder(model_dir: Path, bids_dir: Path, images: list[str]) -> list[dict]:
-    """Evaluate a model folder on ``images`` (paths relative to ``bids_dir``)."""
-    bundle = load_model(model_dir, "cpu")
+def evaluate_bundle(bundle, bids_dir: Path, images: list[str]) -> list[dict]:
+    """Evaluate a loaded model on ``images`` (paths relative to ``bids_dir``, with manual labels)."""
     rows = []
     for rel in images:
-        src = bids_dir / rel
-        stem = src.name.replace(".nii.gz", "")
-        label = bids_dir / "derivatives" / "labels" / src.parent.relative_to(bids_dir) / f"{stem}_label-SC_seg.nii.gz"
-        rows.append(evaluate_image(bundle, src, label))
+        rows.append(evaluate_image(bundle, bids_dir / rel, manual_label_path(bids_dir, rel)))
         LOGGER.info("%s dice %.3f csa %.1f vs %.1f (%.1f%%)", rows[-1]["image"], rows[-1]["dice"],
                     rows[-1]["csa_ours_mm2"], rows[-1]["csa_manual_mm2"], rows[-1]["csa_error_pct"])
     return rows
+
+
+def evaluate_folder(model_dir: Path, bids_dir: Path, images: list[str]) -> list[dict]:
+    """Evaluate a model folder (sha256 checked) on ``images``."""
+    return evaluate_bundle(load_model(model_dir, "cpu"), bids_dir, images)
 
 
 def contrast_cv(rows: list[dict], prefix: str) -> float:
@@ -83,7 +85,8 @@ def evaluate(config: dict, root: Path) -> dict:
     folder = root / config["output"]["export_dir"]
     images = config["evaluation"]["images"]
     rows = evaluate_folder(folder, root / config["data"]["bids_dir"], images)
-    result = {"model": read_metadata(folder)["name"], "sha256": read_metadata(folder)["sha256"], "rows": rows,
+    meta = read_metadata(folder)
+    result = {"model": meta["name"], "sha256": meta["sha256"], "rows": rows,
               "cv_sub-unf01_pct": round(contrast_cv(rows, "sub-unf01"), 2)}
     holdout = None
     holdout_file = folder / "holdout_metrics.json"

@@ -76,20 +76,23 @@ def _quantile_classes(image: np.ndarray, exclude: np.ndarray, n_classes: int) ->
     return np.digitize(image, edges) + 1
 
 
+def manual_label_path(bids_dir: Path, relpath: str) -> Path:
+    """The manual cord mask of an image: ``derivatives/labels/<same folder>/<stem>_label-SC_seg.nii.gz``."""
+    src = bids_dir / relpath
+    return bids_dir / "derivatives" / "labels" / src.parent.relative_to(bids_dir) / \
+        src.name.replace(".nii.gz", "_label-SC_seg.nii.gz")
+
+
 def real_pools(bids_dir: Path, images: list[str], spacing: float, size: int,
                n_classes: int) -> tuple[SlicePool, SlicePool]:
     """Real labelled slices, and synthetic-contrast slices built from the same anatomy.
 
-    ``images`` are paths relative to ``bids_dir`` of labelled images; their cord label is
-    ``derivatives/labels/<same folder>/<stem>_label-SC_seg.nii.gz``.
+    ``images`` are paths relative to ``bids_dir`` of labelled images (labels: :func:`manual_label_path`).
     """
     imgs, reals_target, fracs, per_image = [], [], [], []
     for rel in images:
-        src = bids_dir / rel
-        stem = src.name.replace(".nii.gz", "")
-        label = bids_dir / "derivatives" / "labels" / src.parent.relative_to(bids_dir) / f"{stem}_label-SC_seg.nii.gz"
-        data, zooms = _canonical(src)
-        mask, _ = _canonical(label)
+        data, zooms = _canonical(bids_dir / rel)
+        mask, _ = _canonical(manual_label_path(bids_dir, rel))
         fine_img = to_fine(np.moveaxis(data, 2, 0), zooms[:2], spacing)[:, 0]
         fine_lab = to_fine(np.moveaxis((mask > 0.5).astype(np.float32), 2, 0), zooms[:2], spacing)[:, 0].clamp(0, 1)
         kept = 0

@@ -21,13 +21,11 @@ def init_bids_app_wf(config: Config, layout) -> pe.Workflow:
     """One sub-workflow per participant; raises :class:`DatasetError` when nothing is to be done."""
     workflow = pe.Workflow(name=f"neuroseg_{config.version.replace('.', '_')}_wf")
     workflow.base_dir = str(config.work_dir)
-    n_images = 0
     for subject in bids.participants(layout, config.participant_label):
         single_subject_wf = init_single_subject_wf(config, layout, subject)
         if single_subject_wf is not None:
-            n_images += len(single_subject_wf.list_node_names())
             workflow.add_nodes([single_subject_wf])
-    if n_images == 0:
+    if not workflow.list_node_names():
         queries = "; ".join(f"{t}: {dict(get_task(t).inputs)}" for t in config.tasks)
         raise DatasetError(f"No input images found in {config.bids_dir} for tasks {', '.join(config.tasks)} "
                            f"(queries {queries}; filters {config.bids_filters or 'none'}). "
