@@ -1,0 +1,417 @@
+"""MS lesion model: DeepLesionBrain-style hierarchical specialisation with a global-binary-mask prior.
+
+Everything happens on the 1 mm grid of the MNI152NLin2009aSym template (RAS, 197 x 233 x 189),
+arrays in numpy order ``(X, Y, Z)``. Inputs are the subject FLAIR after
+:func:`bids_app.preprocessing.to_template_space` (``(x - median) / IQR`` inside the template brain)
+and, when ``prior`` is on, a second channel: the template white-matter mask (WM probability >= 0.5),
+the "global binary mask" that tells a compact, patch-based network where in the brain it is.
+
+Recipe (``python -m training.mslesion CONFIG``; resumable, checkpoints in ``run_dir``):
+
+1. **Training data, synthesised on the fly** (labels are scarce on purpose). Real lesion shapes from
+   ``lesion-masks-mni`` (28 patients, resampled to the template through world coordinates, random
+   left-right flip on the symmetric template, each lesion kept with a random probability so that
+   both light and heavy loads occur, plus small ellipsoids of 3-60 mm^3 in white matter because
+   the real masks are dominated by large confluent lesions) are pasted into
+
+   * real FLAIR canvases (unlabelled clinical scans; voxels that are already hyperintense in white
+     matter are left out of the loss, since they may be real, unlabelled lesions), and
+   * synthetic FLAIRs built from the template tissue maps with random GM/WM/CSF contrasts.
+
+   A lesion adds ``contrast * soft_mask`` with ``contrast ~ U(0.6, 4)`` IQRs (faint lesions too) and
+   the mask softened by a 0.6 voxel Gaussian (partial volume).
+2. **Image-quality augmentation** on every patch: Gaussian blur, thick-slice simulation (block
+   averaging along a random axis, 2-6 mm), ghosting and motion in k-space, Rician-like noise,
+   smooth multiplicative bias field and gamma contrast.
+3. **Generic net**: one compact 3D UNet trained on patches anywhere in the brain.
+4. **Specialised nets**: the brain bounding box is split into ``grid`` overlapping sub-volumes; one
+   copy of the generic net per sub-volume, initialised from it and fine-tuned on patches centred in
+   that sub-volume. At inference each net sees its whole sub-volume; the maps are fused by a
+   weighted mean with a separable cosine taper so that seams do not show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.inferers import sliding_window_inference
+from monai.networks.nets import UNet
+from scipy import ndimage
+
+from bids_app import lesions, preprocessing, templates
+
+LOGGER = logging.getLogger("training.mslesion")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------- template
+def load_template() -> dict:
+    """Template arrays ``(X, Y, Z)``: T1w image, WM/GM probabilities, brain mask, prior, affine."""
+    def arr(path):
+        img = nib.load(str(path))
+        return np.asarray(img.dataobj, dtype=np.float32), img.affine
+
+    t1, affine = arr(templates.get_template_file("T1w"))
+    wm, _ = arr(templates.get_template_file("probseg", label="WM"))
+    gm, _ = arr(templates.get_template_file("probseg", label="GM"))
+    brain, _ = arr(templates.get_template_file("mask", desc="brain"))
+    brain = brain > 0
+    return {"t1": t1, "wm": wm, "gm": gm, "brain": brain, "prior": (wm >= 0.5).astype(np.float32),
+            "affine": affine}
+
+
+def brain_bbox(brain: np.ndarray, margin: int = 4) -> tuple[slice, ...]:
+    idx = np.argwhere(brain)
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + margin + 1, brain.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def subvolumes(brain: np.ndarray, grid: tuple[int, int, int], overlap: float,
+               multiple: int = 8) -> list[tuple[slice, ...]]:
+    """``grid`` overlapping boxes covering the brain bounding box.
+
+    Along an axis of extent ``E`` split in ``n`` boxes, each box is ``ceil(E (1 + overlap) / n)``
+    voxels, rounded up to a multiple of ``multiple`` (the UNet's total stride) and clipped to the
+    volume; box starts are evenly spaced from the first to the last possible start.
+    """
+    bbox = brain_bbox(brain)
+    axes = []
+    for sl, n, size_total in zip(bbox, grid, brain.shape):
+        extent = sl.stop - sl.start
+        size = min(int(math.ceil(extent * (1 + overlap) / n / multiple) * multiple), size_total // multiple * multiple)
+        last = min(sl.stop - size, size_total - size)
+        first = max(min(sl.start, last), 0)
+        starts = np.linspace(first, max(first, last), n).round().astype(int) if n > 1 else [first + max(0, (extent - size)) // 2]
+        axes.append([slice(int(s), int(s) + size) for s in starts])
+    return [(a, b, c) for a in axes[0] for b in axes[1] for c in axes[2]]
+
+
+# ------------------------------------------------------------------------------------- network
+def build_net(in_channels: int, channels=(16, 32, 64, 128)) -> UNet:
+    return UNet(spatial_dims=3, in_channels=in_channels, out_channels=1, channels=tuple(channels),
+                strides=(2,) * (len(channels) - 1), num_res_units=1)
+
+
+def taper(shape) -> np.ndarray:
+    """Separable cosine (Hann-like, floor 0.05) weight over a box, for fusing overlapping boxes."""
+    w = np.ones(shape, np.float32)
+    for ax, n in enumerate(shape):
+        v = 0.05 + 0.95 * np.sin(np.pi * (np.arange(n) + 0.5) / n)
+        w *= v.reshape([-1 if a == ax else 1 for a in range(3)]).astype(np.float32)
+    return w
+
+
+def predict_generic(net, x: np.ndarray, brain: np.ndarray, roi=(96, 96, 96)) -> np.ndarray:
+    """Probability map ``(X, Y, Z)`` from one net by MONAI Gaussian sliding windows on the brain box."""
+    bbox = brain_bbox(brain)
+    sub = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + bbox]))[None]
+    with torch.no_grad():
+        logits = sliding_window_inference(sub, roi, 1, net, overlap=0.25, mode="gaussian")
+    out = np.zeros(brain.shape, np.float32)
+    out[bbox] = torch.sigmoid(logits)[0, 0].numpy()
+    return out
+
+
+def predict_ensemble(nets, boxes, x: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """Fused probability map of the specialised nets, each run once on its whole sub-volume."""
+    acc = np.zeros(brain.shape, np.float32)
+    wsum = np.zeros(brain.shape, np.float32)
+    for net, box in zip(nets, boxes):
+        sub = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + box]))[None]
+        with torch.no_grad():
+            p = torch.sigmoid(net(sub))[0, 0].numpy()
+        w = taper(p.shape)
+        acc[box] += w * p
+        wsum[box] += w
+    return np.where(wsum > 0, acc / np.maximum(wsum, 1e-6), 0.0).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------- data synthesis
+def lesion_masks_in_template(folder: Path, tpl: dict) -> list[np.ndarray]:
+    """The real lesion masks resampled (nearest) onto the template grid through world coordinates."""
+    out = []
+    for path in sorted(folder.glob("*_mask.nii.gz")):
+        img = nib.load(str(path))
+        vox = np.linalg.inv(img.affine) @ tpl["affine"]
+        data = np.asarray(img.dataobj) > 0
+        m = ndimage.affine_transform(data.astype(np.uint8), vox[:3, :3], vox[:3, 3],
+                                     output_shape=tpl["brain"].shape, order=0)
+        out.append((m > 0) & tpl["brain"])
+    return out
+
+
+def real_canvas(path: Path, tpl: dict, cache: Path) -> dict:
+    """A real FLAIR in template space (cached) and the voxels excluded from the loss."""
+    cache.mkdir(parents=True, exist_ok=True)
+    f = cache / (path.name.replace(".nii.gz", "") + ".npy")
+    if not f.exists():
+        tsi = preprocessing.to_template_space(
+            sitk.ReadImage(str(path)), sitk.ReadImage(str(templates.get_template_file("T1w"))),
+            sitk.ReadImage(str(templates.get_template_file("mask", desc="brain"))), threads=2)
+        np.save(f, tsi.data)
+    img = np.load(f)
+    # Possible real (unlabelled) lesions: bright white matter. Not a negative example.
+    ignore = ndimage.binary_dilation((img > 2.0) & (tpl["wm"] > 0.2), iterations=2)
+    return {"image": img, "ignore": ignore}
+
+
+class Sampler:
+    """Draws ``(image, prior, target, weight)`` patches, all ``(P, P, P)`` float32."""
+
+    def __init__(self, tpl, lesion_masks, canvases, patch: int, real_fraction: float, seed: int):
+        self.tpl, self.masks, self.canvases = tpl, lesion_masks, canvases
+        self.p, self.real_fraction = patch, real_fraction
+        self.rng = np.random.default_rng(seed)
+        self.brain_idx = np.argwhere(tpl["brain"] & (tpl["wm"] + tpl["gm"] > 0.3))
+        self.mask_idx = [np.argwhere(m) for m in lesion_masks]
+
+    def _centre(self, region: tuple[slice, ...] | None, lesion_idx: np.ndarray) -> np.ndarray:
+        rng = self.rng
+        for _ in range(50):
+            pool = lesion_idx if (rng.random() < 0.6 and len(lesion_idx)) else self.brain_idx
+            c = pool[rng.integers(len(pool))]
+            if region is None or all(s.start <= v < s.stop for s, v in zip(region, c)):
+                return c
+        return np.array([rng.integers(s.start, s.stop) for s in region])
+
+    def sample(self, region=None):
+        rng, p, tpl = self.rng, self.p, self.tpl
+        k = rng.integers(len(self.masks))
+        flip = rng.random() < 0.5
+        c = self._centre(region, self.mask_idx[k])
+        if flip:
+            c = c.copy(); c[0] = tpl["brain"].shape[0] - 1 - c[0]
+        lo = np.clip(c - p // 2, 0, np.array(tpl["brain"].shape) - p)
+        box = tuple(slice(int(a), int(a) + p) for a in lo)
+        fbox = (slice(tpl["brain"].shape[0] - box[0].stop, tpl["brain"].shape[0] - box[0].start),) + box[1:]
+        les = self.masks[k][fbox][::-1] if flip else self.masks[k][box]
+        les = self._thin(les) | self._ellipsoids(tpl["wm"][box])
+        les &= tpl["brain"][box]
+        ignore = np.zeros_like(les)
+        if self.canvases and rng.random() < self.real_fraction:
+            canvas = self.canvases[rng.integers(len(self.canvases))]
+            img = canvas["image"][box].copy()
+            ignore = canvas["ignore"][box] & ~les
+        else:
+            img = self._synthetic(box)
+        soft = ndimage.gaussian_filter(les.astype(np.float32), 0.6)
+        img = img + rng.uniform(0.6, 4.0) * soft * (1 + 0.3 * rng.standard_normal(img.shape).astype(np.float32))
+        img = augment(img, tpl["brain"][box], rng)
+        weight = (~ignore).astype(np.float32)
+        return img.astype(np.float32), tpl["prior"][box], les.astype(np.float32), weight
+
+    def _thin(self, les):
+        lab, n = ndimage.label(les, np.ones((3, 3, 3)))
+        if n == 0:
+            return les
+        keep = self.rng.random(n + 1) < self.rng.uniform(0.3, 1.0)
+        keep[0] = False
+        return keep[lab]
+
+    def _ellipsoids(self, wm):
+        rng, p = self.rng, self.p
+        out = np.zeros((p, p, p), bool)
+        cand = np.argwhere(wm > 0.7)
+        if len(cand) == 0:
+            return out
+        g = np.indices((p, p, p)).astype(np.float32)
+        for _ in range(rng.integers(0, 4)):
+            c = cand[rng.integers(len(cand))]
+            r = rng.uniform(0.9, 2.6, 3)
+            out |= (((g - c.reshape(3, 1, 1, 1)) / r.reshape(3, 1, 1, 1)) ** 2).sum(0) <= 1
+        return out
+
+    def _synthetic(self, box):
+        rng, tpl = self.rng, self.tpl
+        wm, gm = tpl["wm"][box], tpl["gm"][box]
+        csf = np.clip(tpl["brain"][box] - wm - gm, 0, 1)
+        img = wm * rng.uniform(-0.3, 0.3) + gm * rng.uniform(0.4, 1.3) + csf * rng.uniform(-4.0, -1.5)
+        img += 0.15 * ndimage.gaussian_filter(rng.standard_normal(img.shape).astype(np.float32), 2.0)
+        return img.astype(np.float32)
+
+
+def augment(img: np.ndarray, brain: np.ndarray, rng) -> np.ndarray:
+    """Image-quality augmentation of one ``(P, P, P)`` patch (see the module docstring)."""
+    if rng.random() < 0.3:
+        img = ndimage.gaussian_filter(img, rng.uniform(0.3, 1.2, 3))
+    if rng.random() < 0.5:  # thick slices along one axis
+        ax, k = rng.integers(3), int(rng.integers(2, 7))
+        n = img.shape[ax] // k * k
+        sl = [slice(None)] * 3; sl[ax] = slice(0, n)
+        blocks = np.moveaxis(img[tuple(sl)], ax, 0).reshape(n // k, k, *np.delete(img.shape, ax)).mean(1)
+        up = ndimage.zoom(blocks, [img.shape[ax] / blocks.shape[0], 1, 1], order=1)
+        img = np.moveaxis(up[: img.shape[ax]], 0, ax)
+    if rng.random() < 0.2:  # ghosting: every n-th k-space line scaled along one axis
+        ax = rng.integers(3)
+        k = np.fft.fftn(img)
+        sl = [slice(None)] * 3; sl[ax] = slice(0, None, int(rng.integers(2, 5)))
+        k[tuple(sl)] *= rng.uniform(0.3, 0.8)
+        img = np.real(np.fft.ifftn(k))
+    if rng.random() < 0.2:  # motion: part of k-space from a shifted copy
+        shifted = ndimage.shift(img, rng.uniform(-2, 2, 3), order=1, mode="nearest")
+        k, ks = np.fft.fftn(img), np.fft.fftn(shifted)
+        ax = rng.integers(3)
+        lines = rng.random(img.shape[ax]) < rng.uniform(0.1, 0.4)
+        sel = lines.reshape([-1 if a == ax else 1 for a in range(3)])
+        img = np.real(np.fft.ifftn(np.where(sel, ks, k)))
+    if rng.random() < 0.5:  # bias field
+        g = np.indices(img.shape).astype(np.float32) / img.shape[0] - 0.5
+        coef = rng.normal(0, 0.3, 3)
+        img = img * np.exp((coef.reshape(3, 1, 1, 1) * g).sum(0)) + 0.0
+    if rng.random() < 0.5:  # gamma on the positive range
+        lo = img.min()
+        span = img.max() - lo + 1e-6
+        img = lo + span * ((img - lo) / span) ** rng.uniform(0.7, 1.5)
+    img = img + rng.uniform(0, 0.25) * rng.standard_normal(img.shape)
+    return img.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------- training
+def loss_fn(logits, target, weight):
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, weight=weight)
+    prob = torch.sigmoid(logits) * weight
+    t = target * weight
+    dice = 1 - (2 * (prob * t).sum() + 1) / (prob.sum() + t.sum() + 1)
+    return bce + dice
+
+
+def train_net(net, sampler, iterations, batch, lr, prior: bool, ckpt: Path, region=None, log_every=100):
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    start = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        net.load_state_dict(state["net"]); opt.load_state_dict(state["opt"]); start = int(state["it"])
+        LOGGER.info("resumed %s at %d", ckpt, start)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, iterations) / iterations)))
+    for _ in range(start):
+        sched.step()
+    net.train()
+    t0, running = time.time(), 0.0
+    for it in range(start, iterations):
+        xs, ys, ws = [], [], []
+        for _ in range(batch):
+            img, pr, les, w = sampler.sample(region)
+            xs.append(np.stack([img, pr]) if prior else img[None]); ys.append(les[None]); ws.append(w[None])
+        x, y, w = (torch.from_numpy(np.stack(a)) for a in (xs, ys, ws))
+        opt.zero_grad()
+        loss = loss_fn(net(x), y, w)
+        loss.backward(); opt.step(); sched.step()
+        running += loss.item()
+        if (it + 1) % log_every == 0 or it + 1 == iterations:
+            LOGGER.info("%s it %d/%d loss %.4f (%.1f s)", ckpt.parent.name + "/" + ckpt.stem, it + 1,
+                        iterations, running / log_every, time.time() - t0)
+            running = 0.0
+            torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "it": it + 1}, ckpt)
+    net.eval()
+    return net
+
+
+def run(config: dict) -> None:
+    torch.set_num_threads(config.get("threads", 2))
+    torch.manual_seed(config["seed"])
+    run_dir = ROOT / config["run_dir"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tpl = load_template()
+    masks = lesion_masks_in_template(Path(config["lesion_masks"]), tpl)
+    data = Path(config["bids_dir"])
+    canvases = [real_canvas(data / c, tpl, run_dir / "cache") for c in config["real_canvases"]]
+    LOGGER.info("%d lesion masks, %d real canvases", len(masks), len(canvases))
+    prior = config["prior"]
+    sampler = Sampler(tpl, masks, canvases, config["patch"], config["real_fraction"], config["seed"])
+    generic = build_net(2 if prior else 1, config["channels"])
+    train_net(generic, sampler, config["generic_iterations"], config["batch"], config["lr"], prior,
+              run_dir / "generic.pt")
+    boxes = subvolumes(tpl["brain"], tuple(config["grid"]), config["overlap"])
+    for i, box in enumerate(boxes):
+        net = build_net(2 if prior else 1, config["channels"])
+        ck = run_dir / f"special-{i:02d}.pt"
+        if not ck.exists():
+            net.load_state_dict(generic.state_dict())
+        train_net(net, sampler, config["special_iterations"], config["batch"], config["lr"] * 0.3, prior,
+                  ck, region=box)
+    LOGGER.info("done")
+
+
+def load_nets(config: dict):
+    run_dir = ROOT / config["run_dir"]
+    tpl = load_template()
+    c = 2 if config["prior"] else 1
+    generic = build_net(c, config["channels"])
+    generic.load_state_dict(torch.load(run_dir / "generic.pt", weights_only=True)["net"]); generic.eval()
+    boxes = subvolumes(tpl["brain"], tuple(config["grid"]), config["overlap"])
+    nets = []
+    for i in range(len(boxes)):
+        ck = run_dir / f"special-{i:02d}.pt"
+        if ck.exists():
+            n = build_net(c, config["channels"])
+            n.load_state_dict(torch.load(ck, weights_only=True)["net"]); n.eval(); nets.append(n)
+    return tpl, generic, nets, boxes
+
+
+def evaluate(config: dict, cases: list[dict], threshold: float = 0.5) -> list[dict]:
+    """Dice and lesion-wise F1 on the native FLAIR grid of labelled real cases."""
+    torch.set_num_threads(config.get("threads", 2))
+    tpl, generic, nets, boxes = load_nets(config)
+    tpl_img = sitk.ReadImage(str(templates.get_template_file("T1w")))
+    tpl_mask = sitk.ReadImage(str(templates.get_template_file("mask", desc="brain")))
+    rows = []
+    for case in cases:
+        flair = sitk.ReadImage(case["flair"])
+        tsi = preprocessing.to_template_space(flair, tpl_img, tpl_mask, threads=2)
+        x = np.stack([tsi.data, tpl["prior"]]) if config["prior"] else tsi.data[None]
+        maps = {"generic": predict_generic(generic, x, tpl["brain"])}
+        if len(nets) == len(boxes):
+            maps["ensemble"] = predict_ensemble(nets, boxes, x, tpl["brain"])
+        for name, prob in maps.items():
+            img = sitk.GetImageFromArray(np.transpose(prob, (2, 1, 0)))
+            img.CopyInformation(tpl_img)
+            native = preprocessing.resample_to(img, flair, tsi.transform.GetInverse(), "linear")
+            pred = np.transpose(sitk.GetArrayFromImage(native), (2, 1, 0)) >= threshold
+            for label in case["labels"]:
+                lab = nib.load(label)
+                truth = np.asarray(lab.dataobj) > 0
+                m = lesions.segmentation_metrics(pred, truth, lab.header.get_zooms()[:3])
+                row = {"case": Path(label).name, "model": name, "dice": round(m["dice"], 3),
+                       "lesion_f1": round(m["lesion_f1"], 3), "precision": round(m["lesion_precision"], 3),
+                       "recall": round(m["lesion_recall"], 3), "pred_ml": round(m["pred_volume_ml"], 2),
+                       "truth_ml": round(m["truth_volume_ml"], 2)}
+                LOGGER.info("%s", row)
+                rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.mslesion")
+    ap.add_argument("config", type=Path)
+    ap.add_argument("--evaluate", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = json.loads(args.config.read_text())
+    if args.evaluate:
+        d = Path(config["bids_dir"])
+        cases = [
+            {"flair": str(d / "sub-ms07/anat/sub-ms07_FLAIR.nii.gz"),
+             "labels": [str(d / "derivatives/labels/sub-ms07/anat/sub-ms07_FLAIR_label-lesion_seg.nii.gz")]},
+            {"flair": str(d / "sub-isbi03/anat/sub-isbi03_FLAIR.nii.gz"),
+             "labels": [str(d / f"derivatives/labels/sub-isbi03/anat/sub-isbi03_FLAIR_label-lesion_desc-rater{r}_seg.nii.gz") for r in (1, 2)]},
+        ]
+        rows = evaluate(config, cases)
+        out = ROOT / config["run_dir"] / "metrics.json"
+        out.write_text(json.dumps(rows, indent=1))
+        return 0
+    run(config)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
