@@ -43,11 +43,10 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 import torch
-from monai.inferers import sliding_window_inference
-from monai.networks.nets import UNet
 from scipy import ndimage
 
 from bids_app import lesions, preprocessing, templates
+from bids_app.lesion_model import brain_bbox, build_net, predict_ensemble, predict_generic, subvolumes  # noqa: F401
 
 LOGGER = logging.getLogger("training.mslesion")
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,73 +66,6 @@ def load_template() -> dict:
     brain = brain > 0
     return {"t1": t1, "wm": wm, "gm": gm, "brain": brain, "prior": (wm >= 0.5).astype(np.float32),
             "affine": affine}
-
-
-def brain_bbox(brain: np.ndarray, margin: int = 4) -> tuple[slice, ...]:
-    idx = np.argwhere(brain)
-    lo = np.maximum(idx.min(0) - margin, 0)
-    hi = np.minimum(idx.max(0) + margin + 1, brain.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-
-
-def subvolumes(brain: np.ndarray, grid: tuple[int, int, int], overlap: float,
-               multiple: int = 8) -> list[tuple[slice, ...]]:
-    """``grid`` overlapping boxes covering the brain bounding box.
-
-    Along an axis of extent ``E`` split in ``n`` boxes, each box is ``ceil(E (1 + overlap) / n)``
-    voxels, rounded up to a multiple of ``multiple`` (the UNet's total stride) and clipped to the
-    volume; box starts are evenly spaced from the first to the last possible start.
-    """
-    bbox = brain_bbox(brain)
-    axes = []
-    for sl, n, size_total in zip(bbox, grid, brain.shape):
-        extent = sl.stop - sl.start
-        size = min(int(math.ceil(extent * (1 + overlap) / n / multiple) * multiple), size_total // multiple * multiple)
-        last = min(sl.stop - size, size_total - size)
-        first = max(min(sl.start, last), 0)
-        starts = np.linspace(first, max(first, last), n).round().astype(int) if n > 1 else [first + max(0, (extent - size)) // 2]
-        axes.append([slice(int(s), int(s) + size) for s in starts])
-    return [(a, b, c) for a in axes[0] for b in axes[1] for c in axes[2]]
-
-
-# ------------------------------------------------------------------------------------- network
-def build_net(in_channels: int, channels=(16, 32, 64, 128)) -> UNet:
-    return UNet(spatial_dims=3, in_channels=in_channels, out_channels=1, channels=tuple(channels),
-                strides=(2,) * (len(channels) - 1), num_res_units=1)
-
-
-def taper(shape) -> np.ndarray:
-    """Separable cosine (Hann-like, floor 0.05) weight over a box, for fusing overlapping boxes."""
-    w = np.ones(shape, np.float32)
-    for ax, n in enumerate(shape):
-        v = 0.05 + 0.95 * np.sin(np.pi * (np.arange(n) + 0.5) / n)
-        w *= v.reshape([-1 if a == ax else 1 for a in range(3)]).astype(np.float32)
-    return w
-
-
-def predict_generic(net, x: np.ndarray, brain: np.ndarray, roi=(96, 96, 96)) -> np.ndarray:
-    """Probability map ``(X, Y, Z)`` from one net by MONAI Gaussian sliding windows on the brain box."""
-    bbox = brain_bbox(brain)
-    sub = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + bbox]))[None]
-    with torch.no_grad():
-        logits = sliding_window_inference(sub, roi, 1, net, overlap=0.25, mode="gaussian")
-    out = np.zeros(brain.shape, np.float32)
-    out[bbox] = torch.sigmoid(logits)[0, 0].numpy()
-    return out
-
-
-def predict_ensemble(nets, boxes, x: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """Fused probability map of the specialised nets, each run once on its whole sub-volume."""
-    acc = np.zeros(brain.shape, np.float32)
-    wsum = np.zeros(brain.shape, np.float32)
-    for net, box in zip(nets, boxes):
-        sub = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + box]))[None]
-        with torch.no_grad():
-            p = torch.sigmoid(net(sub))[0, 0].numpy()
-        w = taper(p.shape)
-        acc[box] += w * p
-        wsum[box] += w
-    return np.where(wsum > 0, acc / np.maximum(wsum, 1e-6), 0.0).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------- data synthesis

@@ -1,0 +1,75 @@
+"""The mslesion ensemble's geometry and fusion, on synthetic volumes with known answers."""
+
+import numpy as np
+import pytest
+import torch
+
+from bids_app import lesion_model as M
+
+
+def _brain(shape=(60, 70, 50)):
+    brain = np.zeros(shape, bool)
+    brain[10:50, 12:62, 6:44] = True
+    return brain
+
+
+@pytest.mark.parametrize("grid", [(1, 1, 1), (2, 2, 2), (3, 2, 2)])
+def test_subvolumes_cover_the_brain_and_fit_the_net(grid):
+    brain = _brain()
+    boxes = M.subvolumes(brain, grid, overlap=0.3)
+    assert len(boxes) == int(np.prod(grid))
+    covered = np.zeros(brain.shape, bool)
+    for box in boxes:
+        assert all(s.stop - s.start > 0 and (s.stop - s.start) % 8 == 0 for s in box)
+        assert all(0 <= s.start and s.stop <= n for s, n in zip(box, brain.shape))
+        covered[box] = True
+    assert covered[brain].all()
+
+
+def test_taper_is_positive_peaks_in_the_middle_and_is_separable():
+    w = M.taper((9, 5, 7))
+    assert w.min() >= 0.05 ** 3 - 1e-7 and w.max() <= 1.0
+    assert np.unravel_index(np.argmax(w), w.shape) == (4, 2, 3)
+    assert np.isclose(w[4, 2, 0] * w[0, 2, 3], w[4, 2, 3] * w[0, 2, 0])
+
+
+class _Const(torch.nn.Module):
+    """A "network" that outputs a constant logit everywhere (known answer after fusion)."""
+
+    def __init__(self, logit):
+        super().__init__()
+        self.logit = logit
+
+    def forward(self, x):
+        return torch.full((x.shape[0], 1, *x.shape[2:]), float(self.logit))
+
+
+def test_ensemble_fusion_is_a_weighted_mean():
+    brain = _brain()
+    boxes = M.subvolumes(brain, (2, 1, 1), overlap=0.5)
+    x = np.zeros((2, *brain.shape), np.float32)
+    same = M.predict_ensemble([_Const(0.0), _Const(0.0)], boxes, x, brain)
+    inside = np.zeros(brain.shape, bool)
+    for b in boxes:
+        inside[b] = True
+    assert np.allclose(same[inside], 0.5) and np.all(same[~inside] == 0)
+    # two specialists that disagree: in the overlap the fused value lies strictly between them
+    lo, hi = 1 / (1 + np.exp(2.0)), 1 / (1 + np.exp(-2.0))
+    fused = M.predict_ensemble([_Const(-2.0), _Const(2.0)], boxes, x, brain)
+    only0 = np.zeros(brain.shape, bool); only0[boxes[0]] = True
+    only1 = np.zeros(brain.shape, bool); only1[boxes[1]] = True
+    assert np.allclose(fused[only0 & ~only1], lo) and np.allclose(fused[only1 & ~only0], hi)
+    overlap = fused[only0 & only1]
+    assert overlap.size and (overlap > lo).all() and (overlap < hi).all()
+
+
+def test_generic_prediction_shape_and_outside_brain_box():
+    brain = _brain()
+    net = M.build_net(2, (4, 8, 16, 32)).eval()
+    x = np.random.default_rng(0).standard_normal((2, *brain.shape)).astype(np.float32)
+    prob = M.predict_generic(net, x, brain, roi=(32, 32, 32))
+    assert prob.shape == brain.shape and prob.dtype == np.float32
+    assert (prob >= 0).all() and (prob <= 1).all()
+    box = M.brain_bbox(brain)
+    outside = np.ones(brain.shape, bool); outside[box] = False
+    assert np.all(prob[outside] == 0)
