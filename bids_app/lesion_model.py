@@ -80,3 +80,46 @@ def predict_ensemble(nets, boxes, x: np.ndarray, brain: np.ndarray) -> np.ndarra
         acc[box] += w * p
         wsum[box] += w
     return np.where(wsum > 0, acc / np.maximum(wsum, 1e-6), 0.0).astype(np.float32)
+
+
+def architecture(in_channels: int, channels=(16, 32, 64, 128)) -> dict:
+    """The ``metadata.json`` description of :func:`build_net` (MONAI ``UNet`` keyword arguments)."""
+    return {"name": "UNet", "params": {
+        "spatial_dims": 3, "in_channels": int(in_channels), "out_channels": 1,
+        "channels": [int(c) for c in channels], "strides": [2] * (len(channels) - 1), "num_res_units": 1}}
+
+
+def load_ensemble(folder, device: str = "cpu"):
+    """Load ``folder/model.safetensors`` after checking its sha256 against ``metadata.json``.
+
+    The file holds the generic net under ``generic.`` and specialist ``i`` under ``special.<ii>.``;
+    ``metadata['ensemble']['boxes']`` gives each specialist's sub-volume as ``[[start, stop]] * 3``
+    on the template grid. Returns ``(metadata, generic, specialists, boxes)``.
+    """
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from bids_app.errors import ModelError
+    from bids_app.inference import build_network, sha256_of
+    from bids_app.inference_meta import read_metadata
+
+    folder = Path(folder)
+    metadata = read_metadata(folder)
+    weights = folder / metadata.get("weights", "model.safetensors")
+    if not weights.is_file():
+        raise ModelError(f"Model weights {weights} are missing; the model folder is incomplete.")
+    actual = sha256_of(weights)
+    if actual != metadata["sha256"]:
+        raise ModelError(f"sha256 mismatch for {weights}: expected {metadata['sha256']}, found {actual}. "
+                         "The file is corrupt or was replaced; restore it from the release.")
+    tensors = load_file(str(weights))
+
+    def net(prefix):
+        n = build_network(metadata["architecture"])
+        n.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        return n.to(device).eval()
+
+    boxes = [tuple(slice(int(a), int(b)) for a, b in box) for box in metadata["ensemble"]["boxes"]]
+    specialists = [net(f"special.{i:02d}.") for i in range(len(boxes))]
+    return metadata, net("generic."), specialists, boxes

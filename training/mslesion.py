@@ -290,9 +290,9 @@ def load_nets(config: dict):
     return tpl, generic, nets, boxes
 
 
-def evaluate(config: dict, cases: list[dict], threshold: float = 0.5) -> list[dict]:
-    """Dice and lesion-wise F1 on the native FLAIR grid of labelled real cases."""
-    torch.set_num_threads(config.get("threads", 2))
+def evaluate(config: dict, cases: list[dict]) -> list[dict]:
+    """Dice and lesion-wise F1 on the native FLAIR grid of labelled real cases (2 CPU threads)."""
+    torch.set_num_threads(2)
     tpl, generic, nets, boxes = load_nets(config)
     tpl_img = sitk.ReadImage(str(templates.get_template_file("T1w")))
     tpl_mask = sitk.ReadImage(str(templates.get_template_file("mask", desc="brain")))
@@ -301,14 +301,21 @@ def evaluate(config: dict, cases: list[dict], threshold: float = 0.5) -> list[di
         flair = sitk.ReadImage(case["flair"])
         tsi = preprocessing.to_template_space(flair, tpl_img, tpl_mask, threads=2)
         x = np.stack([tsi.data, tpl["prior"]]) if config["prior"] else tsi.data[None]
+        seconds = {k: round(v, 1) for k, v in tsi.seconds.items()}
+        t0 = time.perf_counter()
         maps = {"generic": predict_generic(generic, x, tpl["brain"])}
+        seconds["generic"] = round(time.perf_counter() - t0, 1)
         if len(nets) == len(boxes):
+            t0 = time.perf_counter()
             maps["ensemble"] = predict_ensemble(nets, boxes, x, tpl["brain"])
+            seconds["ensemble"] = round(time.perf_counter() - t0, 1)
+        LOGGER.info("%s stage seconds (2 threads): %s", Path(case["flair"]).name, seconds)
+        rows.append({"case": Path(case["flair"]).name, "seconds": seconds})
         for name, prob in maps.items():
             img = sitk.GetImageFromArray(np.transpose(prob, (2, 1, 0)))
             img.CopyInformation(tpl_img)
             native = preprocessing.resample_to(img, flair, tsi.transform.GetInverse(), "linear")
-            pred = np.transpose(sitk.GetArrayFromImage(native), (2, 1, 0)) >= threshold
+            pred = np.transpose(sitk.GetArrayFromImage(native), (2, 1, 0)) >= config["threshold"]
             for label in case["labels"]:
                 lab = nib.load(label)
                 truth = np.asarray(lab.dataobj) > 0
@@ -322,13 +329,130 @@ def evaluate(config: dict, cases: list[dict], threshold: float = 0.5) -> list[di
     return rows
 
 
+def export(config: dict, metrics: list[dict] | None = None) -> Path:
+    """Write ``models/mslesion/`` (weights as safetensors, ``metadata.json``) from the run's checkpoints."""
+    from safetensors.torch import save_file
+
+    from bids_app.inference import sha256_of
+    from bids_app.lesion_model import architecture
+
+    tpl, generic, nets, boxes = load_nets(config)
+    if len(nets) != len(boxes):
+        raise SystemExit(f"only {len(nets)} of {len(boxes)} specialists are trained; finish the run first")
+    tensors = {f"generic.{k}": v.contiguous() for k, v in generic.state_dict().items()}
+    for i, n in enumerate(nets):
+        tensors.update({f"special.{i:02d}.{k}": v.contiguous() for k, v in n.state_dict().items()})
+    out = ROOT / config["export_dir"]
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "model.safetensors"))
+    meta = {
+        "name": "neuroseg-mslesion", "version": config["version"], "task": "mslesion",
+        "weights": "model.safetensors", "sha256": sha256_of(out / "model.safetensors"),
+        "predictor": "lesion_ensemble",
+        "architecture": architecture(2 if config["prior"] else 1, config["channels"]),
+        "input": {
+            "space": templates.TEMPLATE, "resolution": 1, "orientation": "RAS",
+            "channels": ["FLAIR"] + (["prior:WM probseg >= 0.5"] if config["prior"] else []),
+            "normalisation": "(x - median) / IQR inside the template brain mask",
+            "roi_size": [96, 96, 96],
+        },
+        "ensemble": {"grid": config["grid"], "overlap": config["overlap"],
+                     "boxes": [[[s.start, s.stop] for s in box] for box in boxes],
+                     "fusion": "weighted mean, separable cosine taper (floor 0.05)"},
+        "output": {"activation": "sigmoid", "labels": {"lesion": 1}, "threshold": config["threshold"],
+                   "min_lesion_mm3": lesions.DEFAULT_MIN_VOLUME_MM3},
+        "training": {"config": f"training/configs/{config['name']}.json"},
+    }
+    if metrics is not None:
+        meta["metrics"] = metrics
+    (out / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    LOGGER.info("exported %s (sha256 %s)", out, meta["sha256"])
+    return out
+
+
+def _table(rows: list[dict]) -> str:
+    lines = ["| image / reference | model | Dice | lesion F1 | lesion precision | lesion recall | volume ours / manual (mL) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "dice" in r:
+            lines.append(f"| {r['case']} | {r['model']} | {r['dice']:.3f} | {r['lesion_f1']:.3f} | {r['precision']:.3f} "
+                         f"| {r['recall']:.3f} | {r['pred_ml']:.2f} / {r['truth_ml']:.2f} |")
+    return "\n".join(lines)
+
+
+def write_card(config: dict, rows: list[dict], ablation: list[dict] | None) -> Path:
+    """``models/mslesion/README.md``: the model card, from the metadata and the measured rows."""
+    out = ROOT / config["export_dir"]
+    meta = json.loads((out / "metadata.json").read_text())
+    timing = [r for r in rows if "seconds" in r]
+    text = f"""# {meta['name']} {meta['version']}: MS white-matter lesions on FLAIR
+
+sha256 of `model.safetensors`: `{meta['sha256']}` (checked by the app before loading; safetensors, never unpickled).
+
+## What it is
+A DeepLesionBrain-style ensemble (Kamraoui et al., Medical Image Analysis 2022) of compact 3D MONAI
+UNets (channels {config['channels']}, one residual unit per level, instance norm) on the 1 mm
+{templates.TEMPLATE} grid. A generic whole-brain net was trained first; its weights initialised
+{len(meta['ensemble']['boxes'])} specialists, one per overlapping sub-volume (grid {config['grid']}, overlap
+{config['overlap']}) of the template brain box, each fine-tuned on patches centred in its sub-volume. The
+specialists' maps are fused by a weighted mean with a cosine taper.
+
+Inputs: the FLAIR after N4, affine registration to the template and `(x - median) / IQR` inside the
+template brain mask; second channel: the template white-matter mask (WM probability >= 0.5), the
+"global binary mask" prior (Hertel et al.). Output: lesion probability, thresholded at
+{meta['output']['threshold']}; lesions smaller than {meta['output']['min_lesion_mm3']} mm^3 are dropped.
+
+## Training data and recipe (`{meta['training']['config']}`, `python -m training.mslesion CONFIG`)
+No manual label of any evaluation case was used. 28 real lesion masks (Lesjak et al. 2017) in MNI space were
+pasted (random subsets of their lesions, random left-right flip, plus small white-matter ellipsoids) into
+(a) the two unlabelled real FLAIRs of `sub-mslong01` registered to the template (bright white matter
+already in them is left out of the loss) and (b) synthetic FLAIRs from the template tissue maps with random
+contrasts. Lesion contrast 0.6-4 IQR. Image-quality augmentation: blur, thick slices (2-6 mm), ghosting,
+k-space motion, noise, bias field, gamma. Loss BCE + soft Dice. Patches {config['patch']}^3, batch {config['batch']},
+AdamW lr {config['lr']} with cosine decay; generic {config['generic_iterations']} iterations, each specialist
+{config['special_iterations']} iterations at 0.3x lr; 1 CPU thread, no GPU.
+
+## Metrics on real data (held out: never seen in training), native FLAIR grid
+`python -m training.mslesion {meta['training']['config']} --evaluate`
+
+{_table(rows)}
+
+"""
+    if ablation:
+        text += f"""### Ablation: the same recipe without the prior channel (`training/configs/mslesion_noprior.json`)
+
+{_table(ablation)}
+
+"""
+    if timing:
+        text += "### Time per subject (2 CPU threads, seconds)\n\n| image | " + " | ".join(timing[0]["seconds"]) + " |\n|---|" + "---|" * len(timing[0]["seconds"]) + "\n"
+        for r in timing:
+            text += f"| {r['case']} | " + " | ".join(str(v) for v in r["seconds"].values()) + " |\n"
+    text += """
+## Limits
+Trained on CPU for minutes, not hours; two real canvases only. Read the numbers above before trusting it
+on your data, and validate on your own labels (the app reports Dice and lesion-wise F1 when manual labels
+exist). Data: Lesjak et al., Neuroinformatics 2018 (CC-BY); bids-dev sources are listed in its README.
+"""
+    (out / "README.md").write_text(text)
+    return out / "README.md"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.mslesion")
     ap.add_argument("config", type=Path)
     ap.add_argument("--evaluate", action="store_true")
+    ap.add_argument("--card", action="store_true", help="write the model card from metrics.json")
+    ap.add_argument("--ablation", type=Path, help="with --card: the ablation config whose metrics.json to include")
+    ap.add_argument("--export", action="store_true", help="write models/mslesion from the run (with its metrics.json)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = json.loads(args.config.read_text())
+    config.setdefault("name", args.config.stem)
+    if args.export:
+        metrics_file = ROOT / config["run_dir"] / "metrics.json"
+        export(config, json.loads(metrics_file.read_text()) if metrics_file.exists() else None)
+        return 0
     if args.evaluate:
         d = Path(config["bids_dir"])
         cases = [
@@ -340,6 +464,14 @@ def main(argv=None) -> int:
         rows = evaluate(config, cases)
         out = ROOT / config["run_dir"] / "metrics.json"
         out.write_text(json.dumps(rows, indent=1))
+        return 0
+    if args.card:
+        rows = json.loads((ROOT / config["run_dir"] / "metrics.json").read_text())
+        ablation = None
+        if args.ablation:
+            ab = json.loads(args.ablation.read_text())
+            ablation = json.loads((ROOT / ab["run_dir"] / "metrics.json").read_text())
+        write_card(config, rows, ablation)
         return 0
     run(config)
     return 0
