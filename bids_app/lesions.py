@@ -449,3 +449,55 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, zooms,
         n_truth=n_truth, n_pred=n_pred, n_truth_detected=detected, n_pred_true_positive=true_pred,
         false_negatives=n_truth - detected, false_positives=n_pred - true_pred,
         lesion_precision=precision, lesion_recall=recall, lesion_f1=f1))
+
+
+# ------------------------------------------------------------------------------ template regions
+def template_regions(wm: np.ndarray, gm: np.ndarray, brain: np.ndarray, affine: np.ndarray,
+                     periventricular_mm: float = 5.0, juxtacortical_mm: float = 3.0,
+                     deep_csf_mm: float = 12.0, cortex_depth_mm: float = 12.0,
+                     ventricle_min_ml: float = 0.5) -> dict[str, np.ndarray]:
+    """The four lesion regions on a template grid, from its tissue maps (``(X, Y, Z)``, RAS world).
+
+    ``wm``/``gm`` are probabilities in [0, 1], ``brain`` a mask, ``affine`` the voxel-to-mm (RAS)
+    matrix of an MNI-space template (the infratentorial rule uses MNI coordinates). With
+    ``csf = brain & (1 - wm - gm > 0.5)`` and ``d_out`` the distance (mm) to the outside of the brain:
+
+    * ventricles = connected components of ``csf & d_out > deep_csf_mm & |x_mm| < 35`` of at least
+      ``ventricle_min_ml`` (deep, medial CSF; sulcal CSF is near the surface or in small pieces);
+    * infratentorial = brain below the tentorium, approximated by the plane
+      ``z_mm < -15 - 0.2 (y_mm + 50)`` (about z = -7 mm at the occipital pole, -23 mm at the pons),
+      behind ``y_mm = -25`` or within 15 mm of the midline (the brainstem), so that the temporal
+      poles stay supratentorial. This is a geometric approximation, not an atlas: the inferior
+      temporal lobe behind y = -25 mm can be counted as infratentorial;
+    * periventricular = non-infratentorial brain within ``periventricular_mm`` of the ventricles;
+    * juxtacortical = white matter (``wm >= 0.5``) within ``juxtacortical_mm`` of cortical grey matter
+      (``gm >= 0.5`` and ``d_out < cortex_depth_mm``, which leaves the deep grey nuclei out);
+    * deep white matter = the rest of the supratentorial white matter (``wm >= 0.5``).
+
+    The regions may overlap (:func:`assign_region` breaks ties). Returns bool arrays keyed by the
+    region names of this module.
+    """
+    from scipy import ndimage
+
+    brain = _as_mask(brain, "brain")
+    _same_shape(brain, np.asarray(wm), "brain and wm")
+    _same_shape(brain, np.asarray(gm), "brain and gm")
+    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
+    d_out = ndimage.distance_transform_edt(brain, sampling=zooms)
+    csf = brain & ((1.0 - wm - gm) > 0.5)
+    ijk = np.indices(brain.shape).reshape(3, -1)
+    xyz = (np.asarray(affine)[:3, :3] @ ijk + np.asarray(affine)[:3, 3:4]).reshape(3, *brain.shape)
+    deep_csf = csf & (d_out > deep_csf_mm) & (np.abs(xyz[0]) < 35.0)
+    lab, n = ndimage.label(deep_csf, np.ones((3, 3, 3)))
+    sizes = np.bincount(lab.ravel()) * float(np.prod(zooms)) / MM3_PER_ML
+    keep = sizes >= ventricle_min_ml
+    keep[0] = False
+    ventricles = keep[lab]
+    infra = brain & (xyz[2] < -15.0 - 0.2 * (xyz[1] + 50.0)) & ((xyz[1] < -25.0) | (np.abs(xyz[0]) < 15.0))
+    near_vent = ndimage.distance_transform_edt(~ventricles, sampling=zooms) <= periventricular_mm
+    cortex = (gm >= 0.5) & (d_out < cortex_depth_mm)
+    near_cortex = ndimage.distance_transform_edt(~cortex, sampling=zooms) <= juxtacortical_mm
+    peri = brain & near_vent & ~infra & ~ventricles
+    juxta = brain & (wm >= 0.5) & near_cortex & ~infra
+    deep = brain & (wm >= 0.5) & ~infra & ~peri & ~juxta
+    return {INFRATENTORIAL: infra, PERIVENTRICULAR: peri, JUXTACORTICAL: juxta, DEEP_WHITE_MATTER: deep}

@@ -73,3 +73,38 @@ def test_generic_prediction_shape_and_outside_brain_box():
     box = M.brain_bbox(brain)
     outside = np.ones(brain.shape, bool); outside[box] = False
     assert np.all(prob[outside] == 0)
+
+
+def test_load_ensemble_checks_the_hash_and_restores_every_net(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from bids_app.errors import ModelError
+    from bids_app.inference import sha256_of
+
+    brain = _brain()
+    boxes = M.subvolumes(brain, (2, 1, 1), overlap=0.3)
+    channels = (4, 8, 16, 32)
+    torch.manual_seed(0)
+    nets = [M.build_net(2, channels) for _ in range(len(boxes) + 1)]
+    tensors = {f"generic.{k}": v for k, v in nets[0].state_dict().items()}
+    for i, n in enumerate(nets[1:]):
+        tensors.update({f"special.{i:02d}.{k}": v for k, v in n.state_dict().items()})
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / "model.safetensors"))
+    meta = {"name": "t", "version": "0", "weights": "model.safetensors",
+            "sha256": sha256_of(tmp_path / "model.safetensors"), "architecture": M.architecture(2, channels),
+            "ensemble": {"boxes": [[[s.start, s.stop] for s in b] for b in boxes]}}
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+
+    _, generic, specialists, loaded_boxes = M.load_ensemble(tmp_path)
+    assert loaded_boxes == boxes and len(specialists) == len(boxes)
+    x = torch.randn(1, 2, 16, 16, 16)
+    with torch.no_grad():
+        for ref, got in zip([n.eval() for n in nets], [generic, *specialists]):
+            assert torch.allclose(ref(x), got(x))
+
+    meta["sha256"] = "0" * 64
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        M.load_ensemble(tmp_path)

@@ -271,3 +271,36 @@ def test_empty_truth_and_empty_prediction():
 def test_metrics_need_one_grid():
     with pytest.raises(ValueError, match="different shapes"):
         lesions.segmentation_metrics(volume((4, 4, 4)), volume((4, 4, 5)), ISO)
+
+
+def test_template_regions_on_a_synthetic_brain():
+    """A spherical "brain" (radius 60 mm, 2 mm voxels, centred at MNI (0, -20, 0)): a 2 mm cortex
+    ribbon of grey matter, white matter inside, and a central ventricle (radius 12 mm)."""
+    n, step = 71, 2.0
+    affine = np.diag([step, step, step, 1.0])
+    affine[:3, 3] = [-70.0, -90.0, -70.0]  # voxel centres on even mm, so the probes below are exact
+    ijk = np.indices((n, n, n)).astype(float)
+    xyz = np.stack([affine[a, a] * ijk[a] + affine[a, 3] for a in range(3)])
+    r = np.sqrt(xyz[0] ** 2 + (xyz[1] + 20.0) ** 2 + xyz[2] ** 2)
+    brain = r <= 60
+    vent = r <= 12
+    gm = ((r > 54) & brain).astype(float)
+    wm = (brain & ~vent & (r <= 54)).astype(float)
+
+    regions = lesions.template_regions(wm, gm, brain, affine)
+
+    assert set(regions) == {lesions.INFRATENTORIAL, lesions.PERIVENTRICULAR, lesions.JUXTACORTICAL,
+                            lesions.DEEP_WHITE_MATTER}
+    at = lambda x, y, z: tuple(int(round((v - affine[a, 3]) / step)) for a, v in enumerate((x, y, z)))  # noqa: E731
+    assert regions[lesions.PERIVENTRICULAR][at(0, -20, 14)]  # 2 mm above the ventricle
+    assert not regions[lesions.PERIVENTRICULAR][at(0, -20, 30)]
+    assert regions[lesions.JUXTACORTICAL][at(0, -20, 52)]  # 2 mm under the cortex
+    assert regions[lesions.DEEP_WHITE_MATTER][at(0, -20, 30)]
+    assert regions[lesions.INFRATENTORIAL][at(0, -60, -40)]  # low and posterior
+    assert not regions[lesions.INFRATENTORIAL][at(45, 0, -30)]  # a "temporal pole"
+    assert not any(v[at(0, -20, 0)] for v in regions.values())  # inside the ventricle: no region
+    # the regions cover the white matter
+    covered = np.zeros_like(brain)
+    for v in regions.values():
+        covered |= v
+    assert covered[wm > 0].all()
