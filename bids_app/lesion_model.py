@@ -123,3 +123,17 @@ def load_ensemble(folder, device: str = "cpu"):
     boxes = [tuple(slice(int(a), int(b)) for a, b in box) for box in metadata["ensemble"]["boxes"]]
     specialists = [net(f"special.{i:02d}.") for i in range(len(boxes))]
     return metadata, net("generic."), specialists, boxes
+
+
+def search_region(wm: np.ndarray, threshold: float = 0.5, dilation_mm: float = 3.0) -> np.ndarray:
+    """Where white-matter lesions can be: template WM (probability >= ``threshold``) dilated by
+    ``dilation_mm`` (1 mm grid), so that juxtacortical and periventricular lesions stay in.
+
+    Multiplying the probability map by it removes the bright skull and scalp of raw scans and
+    cortical hyperintensities, which a patch-based net otherwise mistakes for lesions.
+    """
+    from scipy import ndimage
+
+    wm_mask = np.asarray(wm) >= threshold
+    dist = ndimage.distance_transform_edt(~wm_mask)
+    return dist <= dilation_mm

@@ -46,7 +46,8 @@ import torch
 from scipy import ndimage
 
 from bids_app import lesions, preprocessing, templates
-from bids_app.lesion_model import brain_bbox, build_net, predict_ensemble, predict_generic, subvolumes  # noqa: F401
+from bids_app.lesion_model import (  # noqa: F401
+    brain_bbox, build_net, predict_ensemble, predict_generic, search_region, subvolumes)
 
 LOGGER = logging.getLogger("training.mslesion")
 ROOT = Path(__file__).resolve().parents[1]
@@ -309,6 +310,8 @@ def evaluate(config: dict, cases: list[dict]) -> list[dict]:
             t0 = time.perf_counter()
             maps["ensemble"] = predict_ensemble(nets, boxes, x, tpl["brain"])
             seconds["ensemble"] = round(time.perf_counter() - t0, 1)
+        region = search_region(tpl["wm"], dilation_mm=config["search_dilation_mm"])
+        maps = {name: prob * region for name, prob in maps.items()}
         LOGGER.info("%s stage seconds (2 threads): %s", Path(case["flair"]).name, seconds)
         rows.append({"case": Path(case["flair"]).name, "seconds": seconds})
         for name, prob in maps.items():
@@ -360,6 +363,7 @@ def export(config: dict, metrics: list[dict] | None = None) -> Path:
                      "boxes": [[[s.start, s.stop] for s in box] for box in boxes],
                      "fusion": "weighted mean, separable cosine taper (floor 0.05)"},
         "output": {"activation": "sigmoid", "labels": {"lesion": 1}, "threshold": config["threshold"],
+                   "search_region": {"template_wm_threshold": 0.5, "dilation_mm": config["search_dilation_mm"]},
                    "min_lesion_mm3": lesions.DEFAULT_MIN_VOLUME_MM3},
         "training": {"config": f"training/configs/{config['name']}.json"},
     }
