@@ -101,8 +101,10 @@ def real_canvas(path: Path, tpl: dict, cache: Path) -> dict:
 class Sampler:
     """Draws ``(image, prior, target, weight)`` patches, all ``(P, P, P)`` float32."""
 
-    def __init__(self, tpl, lesion_masks, canvases, patch: int, real_fraction: float, seed: int):
+    def __init__(self, tpl, lesion_masks, canvases, patch: int, real_fraction: float, seed: int,
+                 contrast=(0.6, 4.0), lesion_wm: float = 0.0):
         self.tpl, self.masks, self.canvases = tpl, lesion_masks, canvases
+        self.contrast, self.lesion_wm = tuple(contrast), float(lesion_wm)
         self.p, self.real_fraction = patch, real_fraction
         self.rng = np.random.default_rng(seed)
         self.brain_idx = np.argwhere(tpl["brain"] & (tpl["wm"] + tpl["gm"] > 0.3))
@@ -130,6 +132,8 @@ class Sampler:
         les = self.masks[k][fbox][::-1] if flip else self.masks[k][box]
         les = self._thin(les) | self._ellipsoids(tpl["wm"][box])
         les &= tpl["brain"][box]
+        if self.lesion_wm > 0:  # keep pasted lesions in white matter (the masks come from another MNI template)
+            les &= tpl["wm"][box] >= self.lesion_wm
         ignore = np.zeros_like(les)
         if self.canvases and rng.random() < self.real_fraction:
             canvas = self.canvases[rng.integers(len(self.canvases))]
@@ -138,7 +142,7 @@ class Sampler:
         else:
             img = self._synthetic(box)
         soft = ndimage.gaussian_filter(les.astype(np.float32), 0.6)
-        img = img + rng.uniform(0.6, 4.0) * soft * (1 + 0.3 * rng.standard_normal(img.shape).astype(np.float32))
+        img = img + rng.uniform(*self.contrast) * soft * (1 + 0.3 * rng.standard_normal(img.shape).astype(np.float32))
         img = augment(img, tpl["brain"][box], rng)
         weight = (~ignore).astype(np.float32)
         return img.astype(np.float32), tpl["prior"][box], les.astype(np.float32), weight
@@ -260,7 +264,8 @@ def run(config: dict) -> None:
     canvases = [real_canvas(data / c, tpl, run_dir / "cache") for c in config["real_canvases"]]
     LOGGER.info("%d lesion masks, %d real canvases", len(masks), len(canvases))
     prior = config["prior"]
-    sampler = Sampler(tpl, masks, canvases, config["patch"], config["real_fraction"], config["seed"])
+    sampler = Sampler(tpl, masks, canvases, config["patch"], config["real_fraction"], config["seed"],
+                      config.get("lesion_contrast", (0.6, 4.0)), config.get("lesion_wm", 0.0))
     generic = build_net(2 if prior else 1, config["channels"])
     train_net(generic, sampler, config["generic_iterations"], config["batch"], config["lr"], prior,
               run_dir / "generic.pt")
