@@ -1,0 +1,55 @@
+"""The lesion training data synthesis, on a small synthetic template (no shared data needed)."""
+
+import numpy as np
+
+from training import mslesion as T
+
+
+def _template(n=40):
+    g = np.indices((n, n, n)).astype(np.float32) - (n - 1) / 2
+    r = np.sqrt((g ** 2).sum(0))
+    brain = r <= 17
+    wm = (brain & (r <= 12)).astype(np.float32)
+    gm = (brain & (r > 12) & (r <= 16)).astype(np.float32)
+    return {"brain": brain, "wm": wm, "gm": gm, "prior": (wm >= 0.5).astype(np.float32), "affine": np.eye(4)}
+
+
+def test_sampler_pastes_bright_lesions_inside_the_brain_and_white_matter():
+    tpl = _template()
+    lesion = np.zeros(tpl["brain"].shape, bool)
+    lesion[18:23, 18:23, 18:23] = True  # a 125 mm^3 "real" lesion in white matter
+    s = T.Sampler(tpl, [lesion], [], patch=16, real_fraction=0.0, seed=0, contrast=(2.0, 2.0), lesion_wm=0.3)
+    seen = 0
+    for _ in range(20):
+        img, prior, target, weight = s.sample()
+        assert img.shape == prior.shape == target.shape == weight.shape == (16, 16, 16)
+        assert img.dtype == np.float32 and np.isfinite(img).all()
+        assert set(np.unique(target)) <= {0.0, 1.0} and (weight == 1).all()
+        if target.sum():
+            seen += 1
+            # lesions are brighter than the rest of the white matter of the patch, on average
+            wm_only = (prior > 0) & (target == 0)
+            if wm_only.sum() > 20:
+                assert img[target > 0].mean() > img[wm_only].mean()
+    assert seen >= 5
+
+
+def test_sampler_ignores_bright_white_matter_of_real_canvases():
+    tpl = _template()
+    canvas = np.zeros(tpl["brain"].shape, np.float32)
+    canvas[10:14, 10:14, 20:24] = 5.0  # an unlabelled "real lesion" in the canvas
+    real = {"image": canvas, "ignore": canvas > 2}
+    lesion = np.zeros(tpl["brain"].shape, bool)
+    s = T.Sampler(tpl, [lesion], [real], patch=40, real_fraction=1.0, seed=1)
+    _, _, target, weight = s.sample()
+    assert (weight[10:14, 10:14, 20:24] == 0).all() and weight.mean() > 0.99
+    assert (target[~tpl["brain"]] == 0).all()  # pasted lesions (here only the random ellipsoids) stay in the brain
+
+
+def test_augment_keeps_shape_and_finiteness():
+    rng = np.random.default_rng(0)
+    img = rng.standard_normal((24, 24, 24)).astype(np.float32)
+    brain = np.ones(img.shape, bool)
+    for _ in range(30):
+        out = T.augment(img, brain, rng)
+        assert out.shape == img.shape and out.dtype == np.float32 and np.isfinite(out).all()
