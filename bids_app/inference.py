@@ -76,8 +76,9 @@ class ModelBundle:
         return self.metadata["sha256"]
 
 
-def load_model(folder: Path, device: str = "cpu") -> ModelBundle:
-    """Load a model folder after checking the sha256 of its weights against ``metadata.json``."""
+def verified_weights(folder: Path) -> tuple[dict[str, Any], Path]:
+    """``(metadata, weights path)`` of a model folder, after checking the weights' sha256 against
+    ``metadata.json`` (ModelError, with how to fix it, when missing or different)."""
     folder = Path(folder)
     metadata = read_metadata(folder)
     weights = folder / metadata.get("weights", "model.safetensors")
@@ -87,13 +88,20 @@ def load_model(folder: Path, device: str = "cpu") -> ModelBundle:
     if actual != metadata["sha256"]:
         raise ModelError(f"sha256 mismatch for {weights}: expected {metadata['sha256']}, found {actual}. "
                          "The file is corrupt or was replaced; restore it from the release.")
+    return metadata, weights
+
+
+def load_model(folder: Path, device: str = "cpu") -> ModelBundle:
+    """Load a model folder after checking the sha256 of its weights against ``metadata.json``."""
+    folder = Path(folder)
+    metadata, weights = verified_weights(folder)
     from safetensors.torch import load_file
 
     network = build_network(metadata["architecture"])
     network.load_state_dict(load_file(str(weights)))
     torch_device = torch.device(device)
     network.to(torch_device).eval()
-    LOGGER.debug("Loaded %s %s (sha256 %s) on %s", metadata["name"], metadata["version"], actual, device)
+    LOGGER.debug("Loaded %s %s (sha256 %s) on %s", metadata["name"], metadata["version"], metadata["sha256"], device)
     return ModelBundle(folder=folder, metadata=metadata, network=network, device=torch_device)
 
 

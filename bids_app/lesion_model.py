@@ -100,19 +100,9 @@ def load_ensemble(folder, device: str = "cpu"):
 
     from safetensors.torch import load_file
 
-    from bids_app.errors import ModelError
-    from bids_app.inference import build_network, sha256_of
-    from bids_app.inference_meta import read_metadata
+    from bids_app.inference import build_network, verified_weights
 
-    folder = Path(folder)
-    metadata = read_metadata(folder)
-    weights = folder / metadata.get("weights", "model.safetensors")
-    if not weights.is_file():
-        raise ModelError(f"Model weights {weights} are missing; the model folder is incomplete.")
-    actual = sha256_of(weights)
-    if actual != metadata["sha256"]:
-        raise ModelError(f"sha256 mismatch for {weights}: expected {metadata['sha256']}, found {actual}. "
-                         "The file is corrupt or was replaced; restore it from the release.")
+    metadata, weights = verified_weights(Path(folder))
     tensors = load_file(str(weights))
 
     def net(prefix):
