@@ -53,3 +53,19 @@ def test_augment_keeps_shape_and_finiteness():
     for _ in range(30):
         out = T.augment(img, brain, rng)
         assert out.shape == img.shape and out.dtype == np.float32 and np.isfinite(out).all()
+
+
+def test_sampler_uses_the_soft_manual_label_of_a_labelled_canvas():
+    tpl = _template()
+    canvas = np.zeros(tpl["brain"].shape, np.float32)
+    label = np.zeros(tpl["brain"].shape, np.float32)
+    canvas[18:22, 18:22, 18:22] = 4.0
+    label[18:22, 18:22, 18:22] = 0.5  # two raters, one of whom drew the lesion
+    real = {"image": canvas, "label": label, "ignore": np.zeros(canvas.shape, bool)}
+    no_lesions = np.zeros(tpl["brain"].shape, bool)
+    s = T.Sampler(tpl, [no_lesions], [real], patch=40, real_fraction=1.0, seed=3, labelled_weight=2.0)
+    for _ in range(5):
+        _, _, target, weight = s.sample()
+        assert (weight == 1).all()  # a labelled canvas has no unknown voxels
+        assert np.allclose(target[18:22, 18:22, 18:22], 0.5)  # the soft rater mean is the target
+        assert target.max() <= 1.0

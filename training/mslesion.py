@@ -83,17 +83,35 @@ def lesion_masks_in_template(folder: Path, tpl: dict) -> list[np.ndarray]:
     return out
 
 
-def real_canvas(path: Path, tpl: dict, cache: Path) -> dict:
-    """A real FLAIR in template space (cached) and the voxels excluded from the loss."""
+def real_canvas(path: Path, tpl: dict, cache: Path, labels: list[Path] | None = None) -> dict:
+    """A real FLAIR in template space (cached) and either its manual label or the voxels left out of the loss.
+
+    Unlabelled canvas: ``{"image", "ignore"}``; bright white matter (> 2 IQR) may hold real, unlabelled
+    lesions, so it is neither a positive nor a negative example. Labelled canvas (``labels`` given):
+    ``{"image", "label", "ignore"}`` where ``label`` is the mean of the raters' masks carried to the
+    template grid with the same affine (linear interpolation, so a soft target in [0, 1]: rater
+    disagreement and partial volume both stay soft) and nothing is ignored.
+    """
     cache.mkdir(parents=True, exist_ok=True)
-    f = cache / (path.name.replace(".nii.gz", "") + ".npy")
-    if not f.exists():
+    stem = path.name.replace(".nii.gz", "")
+    f, fl = cache / f"{stem}.npy", cache / f"{stem}_label.npy"
+    if not f.exists() or (labels and not fl.exists()):
+        tpl_img = sitk.ReadImage(str(templates.get_template_file("T1w")))
+        flair = sitk.ReadImage(str(path))
         tsi = preprocessing.to_template_space(
-            sitk.ReadImage(str(path)), sitk.ReadImage(str(templates.get_template_file("T1w"))),
-            sitk.ReadImage(str(templates.get_template_file("mask", desc="brain"))), threads=2)
+            flair, tpl_img, sitk.ReadImage(str(templates.get_template_file("mask", desc="brain"))), threads=2)
         np.save(f, tsi.data)
+        if labels:
+            soft = np.zeros(tsi.data.shape, np.float32)
+            for lab in labels:
+                m = sitk.Cast(sitk.ReadImage(str(lab)) > 0, sitk.sitkFloat32)
+                m.CopyInformation(flair)  # labels share the FLAIR grid; headers may differ in float noise
+                soft += np.transpose(sitk.GetArrayFromImage(
+                    preprocessing.resample_to(m, tpl_img, tsi.transform, "linear")), (2, 1, 0))
+            np.save(fl, np.clip(soft / len(labels), 0, 1))
     img = np.load(f)
-    # Possible real (unlabelled) lesions: bright white matter. Not a negative example.
+    if labels:
+        return {"image": img, "label": np.load(fl), "ignore": np.zeros(img.shape, bool)}
     ignore = ndimage.binary_dilation((img > 2.0) & (tpl["wm"] > 0.2), iterations=2)
     return {"image": img, "ignore": ignore}
 
@@ -102,8 +120,12 @@ class Sampler:
     """Draws ``(image, prior, target, weight)`` patches, all ``(P, P, P)`` float32."""
 
     def __init__(self, tpl, lesion_masks, canvases, patch: int, real_fraction: float, seed: int,
-                 contrast=(0.6, 4.0), lesion_wm: float = 0.0):
+                 contrast=(0.6, 4.0), lesion_wm: float = 0.0, labelled_weight: float = 1.0):
         self.tpl, self.masks, self.canvases = tpl, lesion_masks, canvases
+        self.labelled_weight = float(labelled_weight)
+        for c in canvases:
+            if "label" in c and "label_idx" not in c:
+                c["label_idx"] = np.argwhere(c["label"] >= 0.5)
         self.contrast, self.lesion_wm = tuple(contrast), float(lesion_wm)
         self.p, self.real_fraction = patch, real_fraction
         self.rng = np.random.default_rng(seed)
@@ -123,9 +145,16 @@ class Sampler:
         rng, p, tpl = self.rng, self.p, self.tpl
         k = rng.integers(len(self.masks))
         flip = rng.random() < 0.5
-        c = self._centre(region, self.mask_idx[k])
-        if flip:
-            c = c.copy(); c[0] = tpl["brain"].shape[0] - 1 - c[0]
+        canvas = None
+        if self.canvases and rng.random() < self.real_fraction:
+            canvas = self._pick_canvas()
+        if canvas is not None and "label" in canvas and rng.random() < 0.7:
+            # A real lesion, centred: real lesion appearance is what synthesis cannot give.
+            c = self._centre(region, canvas["label_idx"])
+        else:
+            c = self._centre(region, self.mask_idx[k])
+            if flip:
+                c = c.copy(); c[0] = tpl["brain"].shape[0] - 1 - c[0]
         lo = np.clip(c - p // 2, 0, np.array(tpl["brain"].shape) - p)
         box = tuple(slice(int(a), int(a) + p) for a in lo)
         fbox = (slice(tpl["brain"].shape[0] - box[0].stop, tpl["brain"].shape[0] - box[0].start),) + box[1:]
@@ -135,17 +164,26 @@ class Sampler:
         if self.lesion_wm > 0:  # keep pasted lesions in white matter (the masks come from another MNI template)
             les &= tpl["wm"][box] >= self.lesion_wm
         ignore = np.zeros_like(les)
-        if self.canvases and rng.random() < self.real_fraction:
-            canvas = self.canvases[rng.integers(len(self.canvases))]
+        target = les.astype(np.float32)
+        if canvas is not None:
             img = canvas["image"][box].copy()
             ignore = canvas["ignore"][box] & ~les
+            if "label" in canvas:
+                if rng.random() < 0.5:  # half of the labelled patches keep only the real lesions
+                    les[:] = False
+                target = np.maximum(les, canvas["label"][box])
         else:
             img = self._synthetic(box)
         soft = ndimage.gaussian_filter(les.astype(np.float32), 0.6)
         img = img + rng.uniform(*self.contrast) * soft * (1 + 0.3 * rng.standard_normal(img.shape).astype(np.float32))
         img = augment(img, tpl["brain"][box], rng)
         weight = (~ignore).astype(np.float32)
-        return img.astype(np.float32), tpl["prior"][box], les.astype(np.float32), weight
+        return img.astype(np.float32), tpl["prior"][box], target.astype(np.float32), weight
+
+    def _pick_canvas(self) -> dict:
+        """Labelled canvases are drawn ``labelled_weight`` times as often as unlabelled ones."""
+        w = np.array([self.labelled_weight if "label" in c else 1.0 for c in self.canvases])
+        return self.canvases[self.rng.choice(len(self.canvases), p=w / w.sum())]
 
     def _thin(self, les):
         lab, n = ndimage.label(les, np.ones((3, 3, 3)))
@@ -262,10 +300,14 @@ def run(config: dict) -> None:
     masks = lesion_masks_in_template(Path(config["lesion_masks"]), tpl)
     data = Path(config["bids_dir"])
     canvases = [real_canvas(data / c, tpl, run_dir / "cache") for c in config["real_canvases"]]
-    LOGGER.info("%d lesion masks, %d real canvases", len(masks), len(canvases))
+    for image, labels in config.get("labelled_canvases", {}).items():
+        canvases.append(real_canvas(data / image, tpl, run_dir / "cache", [data / lab for lab in labels]))
+    LOGGER.info("%d lesion masks, %d real canvases (%d labelled)", len(masks), len(canvases),
+                len(config.get("labelled_canvases", {})))
     prior = config["prior"]
     sampler = Sampler(tpl, masks, canvases, config["patch"], config["real_fraction"], config["seed"],
-                      config.get("lesion_contrast", (0.6, 4.0)), config.get("lesion_wm", 0.0))
+                      config.get("lesion_contrast", (0.6, 4.0)), config.get("lesion_wm", 0.0),
+                      config.get("labelled_weight", 1.0))
     generic = build_net(2 if prior else 1, config["channels"])
     train_net(generic, sampler, config["generic_iterations"], config["batch"], config["lr"], prior,
               run_dir / "generic.pt")
@@ -471,6 +513,12 @@ def main(argv=None) -> int:
              "labels": [str(d / f"derivatives/labels/sub-isbi03/anat/sub-isbi03_FLAIR_label-lesion_desc-rater{r}_seg.nii.gz") for r in (1, 2)]},
         ]
         rows = evaluate(config, cases)
+        for row in rows:  # what of each evaluation case the run saw: held out only when "none"
+            if "dice" in row:
+                image = next(c for c in cases if Path(c["flair"]).name.split("_")[0] == row["case"].split("_")[0])
+                rel = str(Path(image["flair"]).relative_to(d))
+                row["seen_in_training"] = ("image+labels" if rel in config.get("labelled_canvases", {})
+                                           else "image" if rel in config["real_canvases"] else "none")
         out = ROOT / config["run_dir"] / "metrics.json"
         out.write_text(json.dumps(rows, indent=1))
         return 0
