@@ -104,6 +104,18 @@ def find_label(labels_dir: Path | None, image: InputImage, query: str) -> Path |
     return others[0] if others else None
 
 
+def find_manual_labels(labels_dir: Path | None, image: InputImage, pattern: str) -> list[Path]:
+    """Manual labels drawn on ``image`` itself: ``<image stem>_<pattern>.nii.gz`` (glob), sorted.
+
+    ``pattern`` may hold wildcards so that several raters are found, e.g. ``label-lesion*_seg``
+    matches ``..._label-lesion_seg`` and ``..._label-lesion_desc-rater1_seg``.
+    """
+    if labels_dir is None:
+        return []
+    folder = labels_dir / Path(image.relpath).parent
+    return sorted(folder.glob(f"{image.stem}_{pattern}.nii.gz"))
+
+
 def read_filter_file(path: Path) -> dict:
     """Load a ``--bids-filter-file`` (JSON object of per-task pybids filters)."""
     try:

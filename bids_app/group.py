@@ -71,12 +71,7 @@ def plot_csa(table: pd.DataFrame, path: Path) -> None:
     ax.set_title("Spinal-cord cross-sectional area across the cohort")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    _save_figure(fig, path)
 
 
 def _level_key(level: str) -> tuple[int, float]:
@@ -112,8 +107,99 @@ def aggregate_spinalcord(output_dir: Path) -> list[Path]:
     return [tsv, figure]
 
 
+# ------------------------------------------------------------------------------------------ lesions
+def collect_lesions(output_dir: Path, label: str) -> pd.DataFrame:
+    """One row per segmented FLAIR: its lesion summary table plus who and where it came from."""
+    from bids_app.lesions import SUMMARY_COLUMNS
+
+    frames = []
+    for tsv in sorted(output_dir.glob(f"sub-*/**/*_label-{label}_desc-*summary_morph.tsv")):
+        entities = dict(_ENTITY.findall(tsv.name))
+        sidecar = json.loads(tsv.with_suffix(".json").read_text()) if tsv.with_suffix(".json").is_file() else {}
+        table = pd.read_csv(tsv, sep="\t")
+        table.insert(0, "participant_id", f"sub-{entities['sub']}")
+        table.insert(1, "session_id", f"ses-{entities['ses']}" if "ses" in entities else "n/a")
+        table.insert(2, "source", (sidecar.get("Sources") or ["n/a"])[0])
+        table.insert(3, "contrast", entities["desc"][: -len("summary")])
+        frames.append(table)
+    if not frames:
+        raise NothingToAggregateError(
+            f"No lesion summary tables (*_label-{label}_desc-*summary_morph.tsv) under {output_dir}; "
+            "run the participant level with --tasks mslesion first, with the same output_dir.")
+    table = pd.concat(frames, ignore_index=True)
+    columns = ["participant_id", "session_id", "source", "contrast"] + [c for c in SUMMARY_COLUMNS if c in table]
+    return table[columns]
+
+
+def plot_lesions(table: pd.DataFrame, load_path: Path, region_path: Path) -> None:
+    """Two figures: total lesion volume across the cohort (strip plot over a box plot) and the
+    volume per region for every image (stacked bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from bids_app.lesions import DEEP_WHITE_MATTER, INFRATENTORIAL, JUXTACORTICAL, PERIVENTRICULAR, UNASSIGNED
+
+    names = [f"{s}{'' if t == 'n/a' else ' ' + t}" for s, t in zip(table["participant_id"], table["session_id"])]
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=120)
+    volumes = table["total_volume_ml"].to_numpy(float)
+    ax.boxplot(volumes, widths=0.5, showfliers=False)
+    jitter = 1 + 0.08 * np.random.default_rng(0).uniform(-1, 1, len(volumes))
+    ax.scatter(jitter, volumes, s=18, zorder=3)
+    ax.set_xticks([1], [f"{len(volumes)} images"])
+    ax.set_ylabel("total lesion volume (mL)")
+    ax.set_title("Lesion load across the cohort")
+    ax.grid(alpha=0.3, axis="y")
+    _save_figure(fig, load_path)
+
+    regions = [PERIVENTRICULAR, JUXTACORTICAL, INFRATENTORIAL, DEEP_WHITE_MATTER, UNASSIGNED]
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(table) + 3), 4), dpi=120)
+    bottom = np.zeros(len(table))
+    for region in regions:
+        values = table[f"{region}_volume_ml"].fillna(0).to_numpy(float)
+        ax.bar(range(len(table)), values, bottom=bottom, label=region.replace("_", " "))
+        bottom += values
+    ax.set_xticks(range(len(table)), names, rotation=45 if len(table) > 4 else 0, ha="right" if len(table) > 4 else "center")
+    ax.set_ylabel("lesion volume (mL)")
+    ax.set_title("Lesion load per region")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    _save_figure(fig, region_path)
+
+
+def _save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def aggregate_mslesion(output_dir: Path) -> list[Path]:
+    """``group_lesions.tsv`` (+ sidecar), ``figures/group_lesions_load.png`` and ``figures/group_lesions_regions.png``."""
+    from bids_app.lesions import SUMMARY_COLUMNS
+
+    task = get_task("mslesion")
+    table = collect_lesions(output_dir, task.label)
+    tsv = output_dir / task.group_table
+    atomic_write_bytes(tsv, table.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.4f").encode())
+    write_json(tsv.with_suffix(".json"), {**{k: v for k, v in GROUP_CSA_COLUMNS.items()
+                                             if k in ("participant_id", "session_id", "source")},
+                                          "contrast": {"Description": "BIDS suffix of the segmented image (FLAIR)"},
+                                          **SUMMARY_COLUMNS})
+    figures = [output_dir / "figures" / "group_lesions_load.png", output_dir / "figures" / "group_lesions_regions.png"]
+    plot_lesions(table, *figures)
+    LOGGER.info("group lesions: %d images -> %s", len(table), tsv)
+    return [tsv, *figures]
+
+
 #: Group-level aggregation per task.
-AGGREGATORS = {"spinalcord": aggregate_spinalcord}
+AGGREGATORS = {"spinalcord": aggregate_spinalcord, "mslesion": aggregate_mslesion}
 
 
 def run_group(output_dir: Path, tasks: tuple[str, ...]) -> list[Path]:

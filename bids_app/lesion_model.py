@@ -60,11 +60,12 @@ def taper(shape) -> np.ndarray:
 def predict_generic(net, x: np.ndarray, brain: np.ndarray, roi=(96, 96, 96)) -> np.ndarray:
     """Probability map ``(X, Y, Z)`` from one net by MONAI Gaussian sliding windows on the brain box."""
     bbox = brain_bbox(brain)
-    sub = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + bbox]))[None]
+    device = next(net.parameters()).device
+    sub = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + bbox]))[None].to(device)
     with torch.no_grad():
         logits = sliding_window_inference(sub, roi, 1, net, overlap=0.25, mode="gaussian")
     out = np.zeros(brain.shape, np.float32)
-    out[bbox] = torch.sigmoid(logits)[0, 0].numpy()
+    out[bbox] = torch.sigmoid(logits)[0, 0].cpu().numpy()
     return out
 
 
@@ -75,7 +76,7 @@ def predict_ensemble(nets, boxes, x: np.ndarray, brain: np.ndarray) -> np.ndarra
     for net, box in zip(nets, boxes):
         sub = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + box]))[None]
         with torch.no_grad():
-            p = torch.sigmoid(net(sub))[0, 0].numpy()
+            p = torch.sigmoid(net(sub.to(next(net.parameters()).device)))[0, 0].cpu().numpy()
         w = taper(p.shape)
         acc[box] += w * p
         wsum[box] += w
@@ -127,3 +128,28 @@ def search_region(wm: np.ndarray, threshold: float = 0.5, dilation_mm: float = 3
     wm_mask = np.asarray(wm) >= threshold
     dist = ndimage.distance_transform_edt(~wm_mask)
     return dist <= dilation_mm
+
+
+def lesion_probability(model, image: np.ndarray, wm: np.ndarray, brain: np.ndarray,
+                       member: str = "ensemble") -> np.ndarray:
+    """Lesion probability ``(X, Y, Z)`` in [0, 1] on the template grid, inside the search region.
+
+    ``model`` is what :func:`load_ensemble` returns; ``image`` the normalised FLAIR on the template
+    grid (:func:`bids_app.preprocessing.to_template_space`); ``wm`` the template WM probability and
+    ``brain`` its brain mask. The prior channel, the search region and the fusion come from the
+    model's metadata. ``member``: ``"ensemble"`` (the fused specialists) or ``"generic"``.
+    """
+    metadata, generic, specialists, boxes = model
+    channels = metadata["input"]["channels"]
+    x = [np.asarray(image, np.float32)]
+    if len(channels) > 1:  # the global-binary-mask prior, as in training
+        x.append((np.asarray(wm) >= 0.5).astype(np.float32))
+    x = np.stack(x)
+    if member == "ensemble":
+        prob = predict_ensemble(specialists, boxes, x, brain)
+    elif member == "generic":
+        prob = predict_generic(generic, x, brain, tuple(metadata["input"].get("roi_size", (96, 96, 96))))
+    else:
+        raise ValueError(f"member {member!r} is not 'ensemble' or 'generic'.")
+    region = metadata["output"]["search_region"]
+    return prob * search_region(wm, region["template_wm_threshold"], region["dilation_mm"])

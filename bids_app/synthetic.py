@@ -119,5 +119,89 @@ def make_dataset(root: Path, subjects: dict[str, list[str | None]] | None = None
     return root
 
 
+# ------------------------------------------------------------------------------------------ brain FLAIR
+#: Spherical lesions of the synthetic FLAIR: centre (MNI mm, RAS) and radius (mm), all in white matter.
+FLAIR_LESIONS = (((-26.0, -10.0, 28.0), 5.0), ((28.0, -20.0, 24.0), 4.0), ((-22.0, 20.0, 18.0), 3.5))
+
+
+def synthetic_flair(zooms: tuple[float, float, float] = (1.0, 1.0, 4.0), tilt_deg: float = 12.0,
+                    lesions=FLAIR_LESIONS, seed: int = 0) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """A FLAIR-like brain with known lesions on an oblique thick-slice grid, and its lesion mask.
+
+    Intensities come from the MNI152NLin2009aSym tissue maps of the project's TemplateFlow home
+    (FLAIR ordering: grey matter 1.0 > white matter 0.6 > CSF 0.15, times 1000, plus 2 % noise);
+    the spheres of ``lesions`` are set to 1.7. The grid has voxel sizes ``zooms`` (mm) and is rotated
+    by ``tilt_deg`` about the left-right axis (an oblique clinical acquisition), covering the template
+    brain. Values are sampled at voxel centres on a 1 mm template-space rendering (linear), so thick
+    slices are point-sampled, not averaged. The mask holds 1 where a voxel centre lies in a sphere.
+    """
+    from scipy import ndimage
+
+    from bids_app import templates
+
+    def arr(path):
+        img = nib.load(str(path))
+        return np.asarray(img.dataobj, dtype=np.float32), img.affine
+
+    wm, tpl_affine = arr(templates.get_template_file("probseg", label="WM"))
+    gm, _ = arr(templates.get_template_file("probseg", label="GM"))
+    brain = arr(templates.get_template_file("mask", desc="brain"))[0] > 0
+    csf = np.clip(brain - wm - gm, 0, 1)
+    image = (0.6 * wm + 1.0 * gm + 0.15 * csf) * brain
+    ijk = np.indices(brain.shape).reshape(3, -1)
+    xyz = (tpl_affine[:3, :3] @ ijk + tpl_affine[:3, 3:4]).reshape(3, *brain.shape)
+    truth = np.zeros(brain.shape, bool)
+    for centre, radius in lesions:
+        truth |= ((xyz - np.reshape(centre, (3, 1, 1, 1))) ** 2).sum(0) <= radius ** 2
+    image[truth] = 1.7
+
+    t = np.radians(tilt_deg)
+    rotation = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
+    zooms = np.asarray(zooms, float)
+    extent = np.array([150.0, 190.0, 160.0])  # mm, covers the template brain at this tilt
+    shape = np.ceil(extent / zooms).astype(int)
+    affine = np.eye(4)
+    affine[:3, :3] = rotation * zooms
+    affine[:3, 3] = np.array([0.0, -18.0, 10.0]) - affine[:3, :3] @ ((shape - 1) / 2)
+    to_template = np.linalg.inv(tpl_affine) @ affine
+    native = ndimage.affine_transform(image, to_template[:3, :3], to_template[:3, 3], output_shape=tuple(shape),
+                                      order=1)
+    grid = np.indices(tuple(shape)).reshape(3, -1)
+    world = (affine[:3, :3] @ grid + affine[:3, 3:4]).reshape(3, *shape)
+    mask = np.zeros(tuple(shape), bool)
+    for centre, radius in lesions:
+        mask |= ((world - np.reshape(centre, (3, 1, 1, 1))) ** 2).sum(0) <= radius ** 2
+    native = native + 0.02 * np.random.default_rng(seed).standard_normal(native.shape) * (native > 0)
+    out = []
+    for data, dtype in ((1000 * native, np.int16), (mask, np.uint8)):
+        img = nib.Nifti1Image(np.asarray(data).astype(dtype), affine)
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+        img.header.set_xyzt_units("mm")
+        out.append(img)
+    return out[0], out[1]
+
+
+def make_lesion_dataset(root: Path) -> Path:
+    """A one-participant BIDS dataset: ``sub-01`` with the :func:`synthetic_flair` and its manual label."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(json.dumps(
+        {"Name": "neuroseg synthetic MS lesion demo", "BIDSVersion": "1.10.0", "DatasetType": "raw",
+         "License": "CC0", "Authors": ["neuroseg"]}, indent=2) + "\n")
+    (root / "README").write_text("A synthetic FLAIR with three spherical lesions (bids_app/synthetic.py).\n")
+    (root / "participants.tsv").write_text("participant_id\nsub-01\n")
+    flair, mask = synthetic_flair()
+    (root / "sub-01" / "anat").mkdir(parents=True, exist_ok=True)
+    nib.save(flair, str(root / "sub-01" / "anat" / "sub-01_FLAIR.nii.gz"))
+    (root / "sub-01" / "anat" / "sub-01_FLAIR.json").write_text(json.dumps({"Manufacturer": "synthetic"}) + "\n")
+    labels = root / "derivatives" / "labels"
+    (labels / "sub-01" / "anat").mkdir(parents=True, exist_ok=True)
+    nib.save(mask, str(labels / "sub-01" / "anat" / "sub-01_FLAIR_label-lesion_seg.nii.gz"))
+    (labels / "dataset_description.json").write_text(json.dumps(
+        {"Name": "demo labels", "BIDSVersion": "1.10.0", "DatasetType": "derivative",
+         "GeneratedBy": [{"Name": "neuroseg synthetic"}]}, indent=2) + "\n")
+    return root
+
+
 if __name__ == "__main__":
     make_dataset(Path(sys.argv[1] if len(sys.argv) > 1 else "demo/bids"))

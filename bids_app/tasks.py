@@ -50,6 +50,20 @@ REGISTRY: Mapping[str, Task] = MappingProxyType({
         citation=("Bédard S, Karthik EN, et al. Towards contrast-agnostic soft segmentation of the spinal cord. "
                   "Medical Image Analysis 2025. doi:10.1016/j.media.2025.103473"),
     ),
+    "mslesion": Task(
+        name="mslesion",
+        description=("Multiple-sclerosis white-matter lesions on FLAIR (DeepLesionBrain-style ensemble), lesion "
+                     "count, volume and regional load."),
+        inputs=MappingProxyType({"datatype": "anat", "suffix": "FLAIR", "extension": [".nii", ".nii.gz"]}),
+        label="lesion",
+        model="mslesion",
+        workflow="bids_app.workflows.mslesion.init_mslesion_wf",
+        group_table="group_lesions.tsv",
+        label_queries=MappingProxyType({"manual": "label-lesion*_seg"}),
+        citation=("Kamraoui RA, Ta VT, Tourdias T, et al. DeepLesionBrain: Towards a broader deep-learning "
+                  "generalization for multiple sclerosis lesion segmentation. Medical Image Analysis 2022;76:102312. "
+                  "doi:10.1016/j.media.2021.102312"),
+    ),
 })
 
 

@@ -45,3 +45,32 @@ def test_level_names():
 def test_nothing_to_aggregate(tmp_path):
     with pytest.raises(NothingToAggregateError, match="participant level first"):
         group.run_group(tmp_path, ("spinalcord",))
+
+
+def _write_summary(out, entities, row):
+    rel = outputs.derivative_relpath(entities, "lesion", "morph", ".tsv", "summary")
+    path = out / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([row]).to_csv(path, sep="\t", index=False)
+    source = f"sub-{entities['subject']}/anat/sub-{entities['subject']}_{entities['suffix']}.nii.gz"
+    outputs.write_json(path.with_suffix(".json"), outputs.sidecar(source, None, "0.1.0"))
+
+
+def test_group_lesion_table_and_figures(tmp_path):
+    base = {"lesion_count": 3, "total_volume_ml": 4.5, "mean_volume_ml": 1.5, "median_volume_ml": 1.0,
+            "periventricular_count": 2, "periventricular_volume_ml": 4.0, "juxtacortical_count": 1,
+            "juxtacortical_volume_ml": 0.5, "infratentorial_count": 0, "infratentorial_volume_ml": 0.0,
+            "deep_white_matter_count": 0, "deep_white_matter_volume_ml": 0.0, "unassigned_count": 0,
+            "unassigned_volume_ml": 0.0, "min_lesion_mm3": 3.0}
+    _write_summary(tmp_path, {"subject": "01", "suffix": "FLAIR"}, base)
+    _write_summary(tmp_path, {"subject": "02", "session": "B", "suffix": "FLAIR"}, {**base, "total_volume_ml": 9.0})
+    written = group.run_group(tmp_path, ("mslesion",))
+    table = pd.read_csv(tmp_path / "group_lesions.tsv", sep="\t", keep_default_na=False)
+    assert table["participant_id"].tolist() == ["sub-01", "sub-02"]
+    assert table["session_id"].tolist() == ["n/a", "ses-B"] and set(table["contrast"]) == {"FLAIR"}
+    assert table["total_volume_ml"].tolist() == [4.5, 9.0]
+    assert set(json.loads((tmp_path / "group_lesions.json").read_text())) >= set(table.columns)
+    for name in ("group_lesions_load.png", "group_lesions_regions.png"):
+        assert (tmp_path / "figures" / name) in written and (tmp_path / "figures" / name).stat().st_size > 1000
+    with pytest.raises(NothingToAggregateError, match="--tasks mslesion"):
+        group.run_group(tmp_path / "empty", ("mslesion",))

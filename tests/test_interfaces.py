@@ -29,5 +29,6 @@ def test_reorient_round_trip_is_exact_for_a_psr_image(tmp_path, monkeypatch):
 
 def test_workflow_modules_do_not_import_torch():
     code = ("import sys; import bids_app.cli, bids_app.workflows.base, bids_app.workflows.spinalcord, "
+            "bids_app.workflows.mslesion, bids_app.lesion_interfaces, bids_app.lesions, "
             "bids_app.interfaces, bids_app.group, bids_app.bids; sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

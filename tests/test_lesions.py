@@ -304,3 +304,27 @@ def test_template_regions_on_a_synthetic_brain():
     for v in regions.values():
         covered |= v
     assert covered[wm > 0].all()
+
+
+def test_lesion_report_counts_regions_and_validates_against_references():
+    shape, zooms = (40, 40, 40), (1.0, 1.0, 2.0)
+    mask = np.zeros(shape, bool)
+    mask[5:10, 5:10, 5:10] = True      # 125 voxels = 250 mm^3, in "periventricular"
+    mask[30:33, 30:33, 30:33] = True   # 27 voxels = 54 mm^3, in "deep_white_matter"
+    mask[20, 20, 20] = True            # 2 mm^3: under the minimum, dropped
+    peri = np.zeros(shape, bool); peri[:20] = True
+    deep = np.zeros(shape, bool); deep[20:] = True
+    truth = np.zeros(shape, bool); truth[5:10, 5:10, 5:10] = True
+    rows, summary, validation = lesions.lesion_report(
+        mask, zooms, np.diag([1.0, 1.0, 2.0, 1.0]), {"periventricular": peri, "deep_white_matter": deep},
+        {"rater1": truth})
+    assert [r["lesion_id"] for r in rows] == [1, 2]
+    assert rows[0]["volume_mm3"] == pytest.approx(250) and rows[0]["region"] == "periventricular"
+    assert rows[1]["region"] == "deep_white_matter" and rows[1]["z_mm"] == pytest.approx(2 * 31)
+    assert set(rows[0]) == set(lesions.LESION_COLUMNS)
+    assert summary["lesion_count"] == 2 and summary["total_volume_ml"] == pytest.approx(0.304)
+    assert summary["periventricular_count"] == 1 and summary["deep_white_matter_volume_ml"] == pytest.approx(0.054)
+    assert set(summary) <= set(lesions.SUMMARY_COLUMNS)
+    (v,) = validation
+    assert v["reference"] == "rater1" and v["dice"] == pytest.approx(2 * 125 / (152 + 125))
+    assert v["lesion_recall"] == 1.0 and v["lesion_precision"] == 0.5

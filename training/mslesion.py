@@ -389,15 +389,19 @@ def export(config: dict, metrics: list[dict] | None = None) -> Path:
     tpl, generic, nets, boxes = load_nets(config)
     if len(nets) != len(boxes):
         raise SystemExit(f"only {len(nets)} of {len(boxes)} specialists are trained; finish the run first")
-    tensors = {f"generic.{k}": v.contiguous() for k, v in generic.state_dict().items()}
+    def half(v):  # float16 storage halves the download; inference casts back to float32
+        return (v.to(torch.float16) if v.is_floating_point() else v).contiguous()
+
+    tensors = {f"generic.{k}": half(v) for k, v in generic.state_dict().items()}
     for i, n in enumerate(nets):
-        tensors.update({f"special.{i:02d}.{k}": v.contiguous() for k, v in n.state_dict().items()})
+        tensors.update({f"special.{i:02d}.{k}": half(v) for k, v in n.state_dict().items()})
     out = ROOT / config["export_dir"]
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "model.safetensors"))
     meta = {
         "name": "neuroseg-mslesion", "version": config["version"], "task": "mslesion",
         "weights": "model.safetensors", "sha256": sha256_of(out / "model.safetensors"),
+        "weights_dtype": "float16 (stored; loaded into float32 networks)",
         "predictor": "lesion_ensemble",
         "architecture": architecture(2 if config["prior"] else 1, config["channels"]),
         "input": {

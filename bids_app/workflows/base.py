@@ -48,13 +48,14 @@ def init_single_subject_wf(config: Config, layout, subject: str) -> pe.Workflow 
         model_dir = config.models_dir / task.model
         for image in images:
             labels = {key: bids.find_label(config.labels_dir, image, query)
-                      for key, query in task.label_queries.items()}
-            manual = labels.get("manual")
+                      for key, query in task.label_queries.items() if key != "manual"}
+            manual = bids.find_manual_labels(config.labels_dir, image, task.label_queries["manual"]) \
+                if "manual" in task.label_queries else []
             task_wf = init_task_wf(
                 task=task, image=image, output_dir=config.output_dir, model_dir=model_dir,
                 model=model_reference(model_dir), version=config.version, device=config.device,
                 omp_nthreads=config.omp_nthreads, level_file=labels.get("levels") or labels.get("discs"),
-                manual_file=manual if manual is not None and manual.name.startswith(image.stem + "_") else None,
+                manual_files=manual,
                 name=f"{task_name}_{_safe(image.stem)}_wf",
             )
             workflow.add_nodes([task_wf])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
@@ -22,7 +23,7 @@ def init_spinalcord_wf(
     device: str = "cpu",
     omp_nthreads: int = 1,
     level_file: Path | None = None,
-    manual_file: Path | None = None,
+    manual_files: Sequence[Path] = (),
     name: str = "spinalcord_wf",
 ) -> pe.Workflow:
     """Segment the cord of one image and measure its CSA.
@@ -30,7 +31,8 @@ def init_spinalcord_wf(
     Outputs (on the image's native grid) are the soft segmentation (``probseg``, 0..1), the binary
     mask (``mask``) and two CSA tables (``morph``: per slice and per level), all under ``output_dir``.
     ``level_file`` (disc labels or a levelled cord mask) enables the per-level table; without it the
-    table is per 10 mm slab. ``manual_file`` adds validation columns (Dice, manual CSA).
+    table is per 10 mm slab. ``manual_files`` (manual cord masks of this image; the first is used) add validation
+    columns (Dice, manual CSA).
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(IdentityInterface(fields=["in_file"]), name="inputnode")
@@ -45,8 +47,8 @@ def init_spinalcord_wf(
     measure = pe.Node(MeasureCSA(), name="measure")
     if level_file is not None:
         measure.inputs.level_file = str(level_file)
-    if manual_file is not None:
-        measure.inputs.manual_file = str(manual_file)
+    if manual_files:
+        measure.inputs.manual_file = str(manual_files[0])
     soft_native = pe.Node(ToNative(reference=str(image.path)), name="soft_native")
     mask_native = pe.Node(ToNative(reference=str(image.path)), name="mask_native")
 

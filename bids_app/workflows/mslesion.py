@@ -1,0 +1,103 @@
+"""MS lesion workflow: to template → segment (ensemble) → back to the FLAIR grid → binarise → measure → write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from nipype.interfaces.utility import IdentityInterface
+from nipype.pipeline import engine as pe
+
+from bids_app.bids import InputImage
+from bids_app.interfaces import DerivativesSink
+from bids_app.lesion_interfaces import BinariseLesions, FromTemplate, MeasureLesions, SegmentLesions, ToTemplate
+from bids_app.tasks import Task
+
+
+def init_mslesion_wf(
+    task: Task,
+    image: InputImage,
+    output_dir: Path,
+    model_dir: Path,
+    model: dict[str, str],
+    version: str,
+    device: str = "cpu",
+    omp_nthreads: int = 1,
+    level_file: Path | None = None,
+    manual_files: Sequence[Path] = (),
+    name: str = "mslesion_wf",
+) -> pe.Workflow:
+    """Segment the white-matter lesions of one FLAIR and measure the lesion load.
+
+    The FLAIR (raw clinical or already skull-stripped/MNI-registered; any orientation and slice
+    thickness) is bias-corrected and affinely registered to MNI152NLin2009aSym, where the model runs;
+    the probability map comes back to the FLAIR's native grid, where it is thresholded and measured.
+
+    Outputs under ``output_dir`` (native FLAIR grid): ``label-lesion`` ``probseg`` (0..1) and ``mask``,
+    a per-lesion table (``desc-<suffix>lesions_morph.tsv``), a one-row summary (``desc-<suffix>summary_morph.tsv``)
+    and, when ``manual_files`` (manual lesion masks of this image) are given, a validation table
+    (``desc-<suffix>validation_morph.tsv``: Dice, lesion-wise precision/recall/F1, volume error per label).
+    ``level_file`` is accepted for the common factory signature and unused.
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(IdentityInterface(fields=["in_file"]), name="inputnode")
+    inputnode.inputs.in_file = str(image.path)
+
+    to_template = pe.Node(ToTemplate(num_threads=omp_nthreads), name="to_template", n_procs=omp_nthreads)
+    segment = pe.Node(SegmentLesions(model_dir=str(model_dir), device=device, num_threads=omp_nthreads),
+                      name="segment", n_procs=omp_nthreads)
+    segment.use_gpu = device == "cuda"
+    from_template = pe.Node(FromTemplate(reference=str(image.path)), name="from_template")
+    binarise = pe.Node(BinariseLesions(model_dir=str(model_dir)), name="binarise")
+    measure = pe.Node(MeasureLesions(), name="measure")
+    if manual_files:
+        measure.inputs.manual_files = [str(f) for f in manual_files]
+
+    common = dict(output_dir=str(output_dir), source_relpath=image.relpath, source_entities=image.entities,
+                  label=task.label, model=model, version=version)
+    ds_probseg = pe.Node(DerivativesSink(suffix="probseg", extra={"Description": PROBSEG_DESCRIPTION}, **common),
+                         name="ds_probseg", run_without_submitting=True)
+    ds_mask = pe.Node(DerivativesSink(suffix="mask", **common), name="ds_mask", run_without_submitting=True)
+    ds_lesions = pe.Node(DerivativesSink(suffix="morph", desc_extra="lesions", **common), name="ds_lesions",
+                         run_without_submitting=True)
+    ds_summary = pe.Node(DerivativesSink(suffix="morph", desc_extra="summary", **common), name="ds_summary",
+                         run_without_submitting=True)
+
+    workflow.connect([
+        (inputnode, to_template, [("in_file", "in_file")]),
+        (to_template, segment, [("out_file", "in_file")]),
+        (segment, from_template, [("out_file", "in_file")]),
+        (to_template, from_template, [("transform_file", "transform_file")]),
+        (from_template, binarise, [("out_file", "in_file")]),
+        (binarise, measure, [("out_file", "mask_file"), ("min_lesion_mm3", "min_lesion_mm3")]),
+        (to_template, measure, [("transform_file", "transform_file")]),
+        (from_template, ds_probseg, [("out_file", "in_file")]),
+        (binarise, ds_mask, [("out_file", "in_file"),
+                             (("threshold", _mask_extra), "extra")]),
+        (measure, ds_lesions, [("lesions_tsv", "in_file"), (("summary", _columns_extra, "lesions"), "extra")]),
+        (measure, ds_summary, [("summary_tsv", "in_file"), (("summary", _columns_extra, "summary"), "extra")]),
+    ])
+    if manual_files:
+        ds_validation = pe.Node(DerivativesSink(suffix="morph", desc_extra="validation", **common),
+                                name="ds_validation", run_without_submitting=True)
+        workflow.connect([(measure, ds_validation, [("validation_tsv", "in_file"),
+                                                    (("summary", _columns_extra, "validation"), "extra")])])
+    return workflow
+
+
+PROBSEG_DESCRIPTION = ("White-matter lesion probability in [0, 1] on the source FLAIR grid, from the mslesion "
+                       "ensemble run in MNI152NLin2009aSym space (affine registration) and resampled back (linear).")
+
+
+def _mask_extra(threshold: float) -> dict:
+    return {"Type": "ROI", "Threshold": threshold,
+            "Description": "Binary lesion mask: probability >= Threshold, lesions smaller than the model's "
+                           "minimum lesion volume removed (26-connected components)."}
+
+
+def _columns_extra(summary: dict, table: str) -> dict:
+    """Sidecar of a lesion table: a description of every column (and the summary values for the summary)."""
+    from bids_app.lesions import LESION_COLUMNS, SUMMARY_COLUMNS, VALIDATION_COLUMNS
+
+    columns = {"lesions": LESION_COLUMNS, "summary": SUMMARY_COLUMNS, "validation": VALIDATION_COLUMNS}[table]
+    return {"MinLesionVolume": summary.get("min_lesion_mm3"), **columns}
