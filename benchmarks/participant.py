@@ -4,7 +4,10 @@ Runs the app's own Nipype interfaces in-process, one fresh Python process per im
 memory is per image, and prints a table of seconds per stage (load, preprocess, inference, measure,
 write) and the peak resident memory after each stage.
 
-    python benchmarks/participant.py [--bids-dir DIR] [--device cpu] [--threads 2] [--json out.json]
+    python benchmarks/participant.py [--task spinalcord|mslesion] [--bids-dir DIR] [--device cpu] [--threads 2]
+                                     [--json out.json]
+
+For ``mslesion`` the preprocessing is split into N4, registration and resampling.
 
 Without ``--bids-dir`` it uses ``../shared/data/bids-dev`` when present, else a synthetic dataset.
 """
@@ -75,12 +78,64 @@ def bench_image(args: tuple[str, str, dict, str, int]) -> dict:
     return row
 
 
+def bench_lesion_image(args: tuple[str, str, dict, str, int]) -> dict:
+    """Time every stage of the ``mslesion`` workflow on one FLAIR (runs in a fresh process)."""
+    path, relpath, entities, device, threads = args
+    import nibabel as nib
+    import numpy as np
+
+    from bids_app.config import default_models_dir, get_version
+    from bids_app.inference_meta import model_reference
+    from bids_app.interfaces import DerivativesSink
+    from bids_app.lesion_interfaces import BinariseLesions, FromTemplate, MeasureLesions, SegmentLesions, ToTemplate
+
+    model_dir = default_models_dir() / "mslesion"
+    row: dict = {"image": Path(path).name}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        t0 = time.perf_counter()
+        np.asarray(nib.load(path).dataobj)
+        row["load_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        tpl = ToTemplate(in_file=path, num_threads=threads).run().outputs
+        row["preprocess_s"] = time.perf_counter() - t0
+        row.update({f"{k}_s": v for k, v in tpl.seconds.items()})  # n4, registration, resampling
+
+        t0 = time.perf_counter()
+        prob = SegmentLesions(in_file=tpl.out_file, model_dir=str(model_dir), device=device,
+                              num_threads=threads).run().outputs.out_file
+        row["inference_s"] = time.perf_counter() - t0
+        row["inference_peak_mb"] = _peak_mb()
+
+        t0 = time.perf_counter()
+        native = FromTemplate(in_file=prob, transform_file=tpl.transform_file, reference=path).run().outputs.out_file
+        binarised = BinariseLesions(in_file=native, model_dir=str(model_dir)).run().outputs
+        measured = MeasureLesions(mask_file=binarised.out_file, transform_file=tpl.transform_file,
+                                  min_lesion_mm3=binarised.min_lesion_mm3).run().outputs
+        row["measure_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        common = dict(output_dir=str(Path(tmp) / "out"), source_relpath=relpath, source_entities=entities,
+                      label="lesion", model=model_reference(model_dir), version=get_version())
+        DerivativesSink(in_file=native, suffix="probseg", **common).run()
+        DerivativesSink(in_file=binarised.out_file, suffix="mask", **common).run()
+        for extra, table in (("lesions", measured.lesions_tsv), ("summary", measured.summary_tsv)):
+            DerivativesSink(in_file=table, suffix="morph", desc_extra=extra, **common).run()
+        row["write_s"] = time.perf_counter() - t0
+        row["write_peak_mb"] = _peak_mb()
+        os.chdir(ROOT)
+    row["total_s"] = sum(row[f"{s}_s"] for s in ("load", "preprocess", "inference", "measure", "write"))
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bids-dir", type=Path)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    parser.add_argument("--task", default="spinalcord", choices=["spinalcord", "mslesion"])
     args = parser.parse_args()
 
     from bids_app import bids
@@ -92,21 +147,25 @@ def main() -> int:
         if shared.is_dir():
             bids_dir = shared
         else:
-            from bids_app.synthetic import make_dataset
+            from bids_app.synthetic import make_dataset, make_lesion_dataset
 
-            bids_dir = make_dataset(Path(tempfile.mkdtemp()) / "ds")
+            make = make_lesion_dataset if args.task == "mslesion" else make_dataset
+            bids_dir = make(Path(tempfile.mkdtemp()) / "ds")
     layout = bids.load_layout(bids_dir)
-    task = get_task("spinalcord")
+    task = get_task(args.task)
     jobs = [(str(i.path), i.relpath, i.entities, args.device, args.threads)
             for subject in bids.participants(layout) for i in bids.collect_inputs(layout, task, subject)]
     context = mp.get_context("spawn")
     rows = []
+    bench = bench_lesion_image if args.task == "mslesion" else bench_image
     for job in jobs:
         with context.Pool(1) as pool:
-            rows.append(pool.map(bench_image, [job])[0])
+            rows.append(pool.map(bench, [job])[0])
     stages = ("load", "preprocess", "inference", "measure", "write")
+    if args.task == "mslesion":
+        stages = ("load", "n4", "registration", "resampling", "inference", "measure", "write")
     header = f"{'image':40s} " + " ".join(f"{s:>10s}" for s in stages) + f" {'total':>8s} {'peak MB':>8s}"
-    print(f"neuroseg participant level, {args.device}, {args.threads} threads, dataset {bids_dir}")
+    print(f"neuroseg participant level, task {args.task}, {args.device}, {args.threads} threads, dataset {bids_dir}")
     print(header)
     for row in rows:
         print(f"{row['image'][:40]:40s} " + " ".join(f"{row[s + '_s']:10.2f}" for s in stages)

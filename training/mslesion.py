@@ -366,6 +366,12 @@ def evaluate(config: dict, cases: list[dict]) -> list[dict]:
             img.CopyInformation(tpl_img)
             native = preprocessing.resample_to(img, flair, tsi.transform.GetInverse(), "linear")
             pred = np.transpose(sitk.GetArrayFromImage(native), (2, 1, 0)) >= config["threshold"]
+            if not case["labels"]:  # no manual label: the volume, for the longitudinal consistency check
+                load = lesions.lesion_load(pred, flair.GetSpacing())
+                row = {"case": Path(case["flair"]).name, "model": name, "lesion_count": load["count"],
+                       "pred_ml": round(load["total_volume_ml"], 2)}
+                LOGGER.info("%s", row)
+                rows.append(row)
             for label in case["labels"]:
                 lab = nib.load(label)
                 truth = np.asarray(lab.dataobj) > 0
@@ -515,7 +521,8 @@ def main(argv=None) -> int:
              "labels": [str(d / "derivatives/labels/sub-ms07/anat/sub-ms07_FLAIR_label-lesion_seg.nii.gz")]},
             {"flair": str(d / "sub-isbi03/anat/sub-isbi03_FLAIR.nii.gz"),
              "labels": [str(d / f"derivatives/labels/sub-isbi03/anat/sub-isbi03_FLAIR_label-lesion_desc-rater{r}_seg.nii.gz") for r in (1, 2)]},
-        ]
+        ] + [{"flair": str(d / f"sub-mslong01/ses-0{s}/anat/sub-mslong01_ses-0{s}_FLAIR.nii.gz"), "labels": []}
+             for s in (1, 2)]
         rows = evaluate(config, cases)
         for row in rows:  # what of each evaluation case the run saw: held out only when "none"
             if "dice" in row:
