@@ -57,11 +57,15 @@ def taper(shape) -> np.ndarray:
     return w
 
 
+def _device(net) -> torch.device:
+    """Where ``net`` lives (its first parameter's device; CPU for a parameter-free module)."""
+    return next(iter(net.parameters()), torch.empty(0)).device
+
+
 def predict_generic(net, x: np.ndarray, brain: np.ndarray, roi=(96, 96, 96)) -> np.ndarray:
     """Probability map ``(X, Y, Z)`` from one net by MONAI Gaussian sliding windows on the brain box."""
     bbox = brain_bbox(brain)
-    device = next(net.parameters()).device
-    sub = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + bbox]))[None].to(device)
+    sub = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + bbox]))[None].to(_device(net))
     with torch.no_grad():
         logits = sliding_window_inference(sub, roi, 1, net, overlap=0.25, mode="gaussian")
     out = np.zeros(brain.shape, np.float32)
@@ -76,7 +80,7 @@ def predict_ensemble(nets, boxes, x: np.ndarray, brain: np.ndarray) -> np.ndarra
     for net, box in zip(nets, boxes):
         sub = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + box]))[None]
         with torch.no_grad():
-            p = torch.sigmoid(net(sub.to(next(net.parameters()).device)))[0, 0].cpu().numpy()
+            p = torch.sigmoid(net(sub.to(_device(net))))[0, 0].cpu().numpy()
         w = taper(p.shape)
         acc[box] += w * p
         wsum[box] += w
