@@ -69,3 +69,17 @@ def test_sampler_uses_the_soft_manual_label_of_a_labelled_canvas():
         assert (weight == 1).all()  # a labelled canvas has no unknown voxels
         assert np.allclose(target[18:22, 18:22, 18:22], 0.5)  # the soft rater mean is the target
         assert target.max() <= 1.0
+
+
+def test_synthetic_flair_from_the_template_t1_orders_tissues_like_flair():
+    tpl = _template()
+    # A T1w-like template: CSF 20 < GM 160 < WM 220.
+    tpl["t1"] = (20 + 140 * tpl["gm"] + 200 * tpl["wm"]).astype(np.float32) * tpl["brain"]
+    tpl["t1_knots"] = (20.0, 160.0, 220.0)
+    s = T.Sampler(tpl, [np.zeros(tpl["brain"].shape, bool)], [], patch=40, real_fraction=0.0, seed=5,
+                  t1_fraction=1.0)
+    csf = tpl["brain"] & (tpl["wm"] + tpl["gm"] == 0)
+    for _ in range(5):
+        img = s._synthetic(tuple(slice(0, 40) for _ in range(3)))
+        gm, wm, c = (img[m].mean() for m in (tpl["gm"] > 0, tpl["wm"] > 0, csf))
+        assert gm > wm > c  # FLAIR: grey matter brightest, CSF darkest

@@ -65,8 +65,11 @@ def load_template() -> dict:
     gm, _ = arr(templates.get_template_file("probseg", label="GM"))
     brain, _ = arr(templates.get_template_file("mask", desc="brain"))
     brain = brain > 0
+    # T1w intensity of pure CSF, GM and WM (medians where a tissue probability is >= 0.9).
+    csf = brain & (1 - wm - gm >= 0.9)
+    knots = tuple(float(np.median(t1[m])) for m in (csf, brain & (gm >= 0.9), brain & (wm >= 0.9)))
     return {"t1": t1, "wm": wm, "gm": gm, "brain": brain, "prior": (wm >= 0.5).astype(np.float32),
-            "affine": affine}
+            "affine": affine, "t1_knots": knots}
 
 
 # ------------------------------------------------------------------------------- data synthesis
@@ -120,8 +123,10 @@ class Sampler:
     """Draws ``(image, prior, target, weight)`` patches, all ``(P, P, P)`` float32."""
 
     def __init__(self, tpl, lesion_masks, canvases, patch: int, real_fraction: float, seed: int,
-                 contrast=(0.6, 4.0), lesion_wm: float = 0.0, labelled_weight: float = 1.0):
+                 contrast=(0.6, 4.0), lesion_wm: float = 0.0, labelled_weight: float = 1.0,
+                 t1_fraction: float = 0.0):
         self.tpl, self.masks, self.canvases = tpl, lesion_masks, canvases
+        self.t1_fraction = float(t1_fraction)
         self.labelled_weight = float(labelled_weight)
         for c in canvases:
             if "label" in c and "label_idx" not in c:
@@ -210,7 +215,17 @@ class Sampler:
         rng, tpl = self.rng, self.tpl
         wm, gm = tpl["wm"][box], tpl["gm"][box]
         csf = np.clip(tpl["brain"][box] - wm - gm, 0, 1)
-        img = wm * rng.uniform(-0.3, 0.3) + gm * rng.uniform(0.4, 1.3) + csf * rng.uniform(-4.0, -1.5)
+        c_wm, c_gm, c_csf = rng.uniform(-0.3, 0.3), rng.uniform(0.4, 1.3), rng.uniform(-4.0, -1.5)
+        if "t1_knots" in tpl and rng.random() < self.t1_fraction:
+            # FLAIR contrast from the template T1w intensities (CSF < WM < GM mapped to CSF < WM < GM
+            # of FLAIR, piecewise linear): the sharp 1 mm cortical ribbon, insula and deep grey
+            # nuclei that the smooth tissue maps lack, so that bright cortex is seen as not-lesion.
+            k_csf, k_gm, k_wm = tpl["t1_knots"]
+            img = np.interp(tpl["t1"][box], [k_csf, k_gm, k_wm], [c_csf, c_gm, c_wm]).astype(np.float32)
+            img *= tpl["brain"][box]
+            img += 0.1 * ndimage.gaussian_filter(rng.standard_normal(img.shape).astype(np.float32), 1.5)
+            return img.astype(np.float32)
+        img = wm * c_wm + gm * c_gm + csf * c_csf
         img += 0.15 * ndimage.gaussian_filter(rng.standard_normal(img.shape).astype(np.float32), 2.0)
         return img.astype(np.float32)
 
@@ -307,7 +322,7 @@ def run(config: dict) -> None:
     prior = config["prior"]
     sampler = Sampler(tpl, masks, canvases, config["patch"], config["real_fraction"], config["seed"],
                       config.get("lesion_contrast", (0.6, 4.0)), config.get("lesion_wm", 0.0),
-                      config.get("labelled_weight", 1.0))
+                      config.get("labelled_weight", 1.0), config.get("synthetic_t1_fraction", 0.0))
     generic = build_net(2 if prior else 1, config["channels"])
     train_net(generic, sampler, config["generic_iterations"], config["batch"], config["lr"], prior,
               run_dir / "generic.pt")
