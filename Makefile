@@ -12,13 +12,13 @@ $(BIN)/neuroseg: pyproject.toml version
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-## demo: synthetic spine dataset -> participant level -> group level (outputs in demo/out)
+## demo: synthetic spine + brain FLAIR dataset -> participant level -> group level (outputs in demo/out)
 demo: $(BIN)/neuroseg
 	rm -rf $(DEMO)
 	$(BIN)/python -m bids_app.synthetic $(DEMO)/bids
-	$(BIN)/neuroseg $(DEMO)/bids $(DEMO)/out participant --work-dir $(DEMO)/work --nprocs 2
-	$(BIN)/neuroseg $(DEMO)/bids $(DEMO)/out group
-	@echo "Demo outputs: $(DEMO)/out (cohort table: $(DEMO)/out/group_csa.tsv)"
+	$(BIN)/neuroseg $(DEMO)/bids $(DEMO)/out participant --tasks spinalcord mslesion --work-dir $(DEMO)/work --nprocs 2
+	$(BIN)/neuroseg $(DEMO)/bids $(DEMO)/out group --tasks spinalcord mslesion
+	@echo "Demo outputs: $(DEMO)/out (cohort tables: $(DEMO)/out/group_csa.tsv, $(DEMO)/out/group_lesions.tsv)"
 
 ## test: the default suite (fast, CPU, no shared data needed)
 test: $(BIN)/neuroseg

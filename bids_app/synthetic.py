@@ -1,7 +1,8 @@
 """Synthetic spinal-cord phantoms with known answers, and the demo BIDS dataset built from them.
 
 ``python -m bids_app.synthetic OUT_DIR`` writes the demo dataset (two participants, one with two
-sessions, T1w/T2w/T2starw-like contrasts, disc labels for one image; well under 5 MB).
+sessions, T1w/T2w/T2starw-like contrasts, disc labels for one image, and a brain FLAIR with three
+known lesions and their mask for ``sub-01``; under 5 MB).
 
 A phantom is an elliptic cylinder (semi-axes ``a``, ``b`` in mm, so its true cross-sectional area is
 ``pi * a * b``) tilted by ``tilt_deg`` from the inferior-superior axis, inside a ring of CSF and a
@@ -80,11 +81,13 @@ def _save(data: np.ndarray, zooms: tuple[float, float, float], path: Path, dtype
     nib.save(img, str(path))
 
 
-def make_dataset(root: Path, subjects: dict[str, list[str | None]] | None = None) -> Path:
+def make_dataset(root: Path, subjects: dict[str, list[str | None]] | None = None, flair: bool = False) -> Path:
     """Write a small synthetic spine BIDS dataset under ``root``; returns ``root``.
 
     ``subjects`` maps participant labels to session labels (``None`` for no session). Every image is
     40 x 40 mm in plane at 0.8 mm with 3 mm slices (T2w: 1 mm slices); ``sub-01``'s T2w gets disc labels.
+    With ``flair``, the first participant (first session) also gets the brain :func:`synthetic_flair`
+    and its lesion mask as a manual label (about 1.4 MB more).
     """
     subjects = subjects or {"01": [None], "02": ["A", "B"]}
     root.mkdir(parents=True, exist_ok=True)
@@ -111,6 +114,9 @@ def make_dataset(root: Path, subjects: dict[str, list[str | None]] | None = None
                     labels = root / "derivatives" / "labels" / folder.relative_to(root)
                     _save(discs, zooms, labels / f"{prefix}_{contrast}_label-disc_seg.nii.gz")
     (root / "participants.tsv").write_text("\n".join(rows) + "\n")
+    if flair:
+        subject, sessions = next(iter(subjects.items()))
+        _write_flair(root, subject, sessions[0])
     labels_root = root / "derivatives" / "labels"
     if labels_root.is_dir():
         (labels_root / "dataset_description.json").write_text(json.dumps(
@@ -182,6 +188,19 @@ def synthetic_flair(zooms: tuple[float, float, float] = (1.0, 1.0, 4.0), tilt_de
     return out[0], out[1]
 
 
+def _write_flair(root: Path, subject: str, session: str | None) -> None:
+    """The :func:`synthetic_flair` of one participant and its lesion mask under ``derivatives/labels``."""
+    flair, mask = synthetic_flair()
+    rel = Path(f"sub-{subject}") / (f"ses-{session}" if session else "") / "anat"
+    prefix = f"sub-{subject}" + (f"_ses-{session}" if session else "")
+    (root / rel).mkdir(parents=True, exist_ok=True)
+    nib.save(flair, str(root / rel / f"{prefix}_FLAIR.nii.gz"))
+    (root / rel / f"{prefix}_FLAIR.json").write_text(json.dumps({"Manufacturer": "synthetic"}) + "\n")
+    labels = root / "derivatives" / "labels" / rel
+    labels.mkdir(parents=True, exist_ok=True)
+    nib.save(mask, str(labels / f"{prefix}_FLAIR_label-lesion_seg.nii.gz"))
+
+
 def make_lesion_dataset(root: Path) -> Path:
     """A one-participant BIDS dataset: ``sub-01`` with the :func:`synthetic_flair` and its manual label."""
     root.mkdir(parents=True, exist_ok=True)
@@ -190,13 +209,8 @@ def make_lesion_dataset(root: Path) -> Path:
          "License": "CC0", "Authors": ["neuroseg"]}, indent=2) + "\n")
     (root / "README").write_text("A synthetic FLAIR with three spherical lesions (bids_app/synthetic.py).\n")
     (root / "participants.tsv").write_text("participant_id\nsub-01\n")
-    flair, mask = synthetic_flair()
-    (root / "sub-01" / "anat").mkdir(parents=True, exist_ok=True)
-    nib.save(flair, str(root / "sub-01" / "anat" / "sub-01_FLAIR.nii.gz"))
-    (root / "sub-01" / "anat" / "sub-01_FLAIR.json").write_text(json.dumps({"Manufacturer": "synthetic"}) + "\n")
+    _write_flair(root, "01", None)
     labels = root / "derivatives" / "labels"
-    (labels / "sub-01" / "anat").mkdir(parents=True, exist_ok=True)
-    nib.save(mask, str(labels / "sub-01" / "anat" / "sub-01_FLAIR_label-lesion_seg.nii.gz"))
     (labels / "dataset_description.json").write_text(json.dumps(
         {"Name": "demo labels", "BIDSVersion": "1.10.0", "DatasetType": "derivative",
          "GeneratedBy": [{"Name": "neuroseg synthetic"}]}, indent=2) + "\n")
@@ -204,4 +218,4 @@ def make_lesion_dataset(root: Path) -> Path:
 
 
 if __name__ == "__main__":
-    make_dataset(Path(sys.argv[1] if len(sys.argv) > 1 else "demo/bids"))
+    make_dataset(Path(sys.argv[1] if len(sys.argv) > 1 else "demo/bids"), flair=True)
