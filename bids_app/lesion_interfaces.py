@@ -20,12 +20,9 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
                                     isdefined, traits)
 
 from bids_app.inference_meta import read_metadata
+from bids_app.interfaces import _out_path as _out, _save_like
 
 LOGGER = logging.getLogger(__name__)
-
-
-def _out(runtime_cwd: str, in_file: str, suffix: str, ext: str = ".nii.gz") -> str:
-    return str(Path(runtime_cwd) / f"{Path(in_file).name.split('.')[0]}_{suffix}{ext}")
 
 
 def _template_arrays() -> dict:
@@ -62,16 +59,6 @@ def _to_native(data: np.ndarray, transform_file: str, reference: str, interpolat
     transform = sitk.ReadTransform(transform_file)
     out = preprocessing.resample_to(moving, sitk.ReadImage(reference), transform.GetInverse(), interpolator)
     return np.transpose(sitk.GetArrayFromImage(out), (2, 1, 0))
-
-
-def _save_native(data: np.ndarray, reference: str, path: str, dtype) -> None:
-    """Save on the reference's exact grid (its affine and both header codes)."""
-    ref = nib.load(reference)
-    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), ref.affine)
-    img.set_qform(ref.affine, code=1)
-    img.set_sform(ref.affine, code=1)
-    img.header.set_xyzt_units("mm")
-    nib.save(img, path)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -173,7 +160,7 @@ class FromTemplate(SimpleInterface):
         native = _to_native(np.asarray(img.dataobj, np.float32), self.inputs.transform_file,
                             self.inputs.reference, "linear")
         self._results["out_file"] = _out(runtime.cwd, self.inputs.reference, "native_probseg")
-        _save_native(np.clip(native, 0, 1), self.inputs.reference, self._results["out_file"], np.float32)
+        _save_like(np.clip(native, 0, 1), nib.load(self.inputs.reference), self._results["out_file"], np.float32)
         return runtime
 
 
@@ -203,7 +190,7 @@ class BinariseLesions(SimpleInterface):
         labels, _ = lesions.label_lesions(np.asarray(img.dataobj) >= spec["threshold"], img.header.get_zooms()[:3],
                                           spec["min_lesion_mm3"])
         self._results["out_file"] = _out(runtime.cwd, self.inputs.in_file, "mask")
-        _save_native(labels > 0, self.inputs.in_file, self._results["out_file"], np.uint8)
+        _save_like(labels > 0, nib.load(self.inputs.in_file), self._results["out_file"], np.uint8)
         self._results["threshold"] = float(spec["threshold"])
         self._results["min_lesion_mm3"] = float(spec["min_lesion_mm3"])
         return runtime
