@@ -212,4 +212,33 @@ def run_group(output_dir: Path, tasks: tuple[str, ...]) -> list[Path]:
             errors.append(exc)
     if not written:
         raise errors[0] if errors else NothingToAggregateError(f"Nothing to aggregate in {output_dir}.")
+    written.append(write_report(output_dir, written))
     return written
+
+
+def write_report(output_dir: Path, written: list[Path]) -> Path:
+    """``group_report.html``: every cohort table written by this run (as HTML tables) and its figures.
+
+    Self-contained apart from the figures, which it links relative to ``output_dir`` so that the
+    folder can be moved or shared as a whole.
+    """
+    import html
+
+    from bids_app.config import get_version
+
+    parts = [f"<h1>neuroseg {html.escape(get_version())}: group report</h1>",
+             f"<p>Derivatives folder: <code>{html.escape(str(output_dir))}</code></p>"]
+    for path in written:
+        rel = html.escape(str(path.relative_to(output_dir)))
+        if path.suffix == ".tsv":
+            table = pd.read_csv(path, sep="\t", keep_default_na=False)
+            parts.append(f"<h2>{rel}</h2><p>{len(table)} rows; column definitions in the .json sidecar.</p>")
+            parts.append(table.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, classes="t"))
+        elif path.suffix == ".png":
+            parts.append(f"<h3>{rel}</h3><img src=\"{rel}\" alt=\"{rel}\">")
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table.t{border-collapse:collapse;font-size:12px}"
+             "table.t td,table.t th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}")
+    report = output_dir / "group_report.html"
+    atomic_write_bytes(report, (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>neuroseg group report"
+                                f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>\n").encode())
+    return report

@@ -72,5 +72,8 @@ def test_group_lesion_table_and_figures(tmp_path):
     assert set(json.loads((tmp_path / "group_lesions.json").read_text())) >= set(table.columns)
     for name in ("group_lesions_load.png", "group_lesions_regions.png"):
         assert (tmp_path / "figures" / name) in written and (tmp_path / "figures" / name).stat().st_size > 1000
+    report = (tmp_path / "group_report.html").read_text()
+    assert (tmp_path / "group_report.html") in written and "<h2>group_lesions.tsv</h2>" in report
+    assert '<img src="figures/group_lesions_regions.png"' in report and "ses-B" in report
     with pytest.raises(NothingToAggregateError, match="--tasks mslesion"):
         group.run_group(tmp_path / "empty", ("mslesion",))
