@@ -548,13 +548,14 @@ other, which that run never saw (neither image nor labels). These are the honest
                  + " |\n|---|" + "---|" * len(timing[0]["seconds"]) + "\n")
         for r in timing:
             text += f"| {r['case']} | " + " | ".join(str(v) for v in r["seconds"].values()) + " |\n"
-    text += """
+    text += f"""
 ## Limits
-Trained on CPU for minutes, with two labelled real brains and three unlabelled ones. Read the held-out
-numbers above before trusting it on your data, and validate on your own labels (the app writes Dice and
-lesion-wise F1 when manual labels exist under `derivatives/labels`). The regions' infratentorial part
-is a geometric approximation. Data: Lesjak et al., Neuroinformatics 2018 (CC-BY); bids-dev sources are
-listed in its README.
+Trained on CPU for minutes, with {len(labelled)} labelled real brain(s) and {len(config['real_canvases'])} unlabelled
+FLAIRs. Read the held-out numbers above before trusting it on your data: on the clean 1 mm image it was
+not trained on (`sub-ms07` in fold B) it over-segments several-fold. Validate on your own labels (the app
+writes Dice and lesion-wise F1 when manual labels exist under `derivatives/labels`). The regions'
+infratentorial part is a geometric approximation. Data: Lesjak et al., Neuroinformatics 2018 (CC-BY); ISBI
+2015 challenge data via the ms.lesion R package (GPL-2); bids-dev sources are listed in its README.
 """
     (out / "README.md").write_text(text)
     return out / "README.md"
