@@ -534,7 +534,10 @@ other, which that run never saw (neither image nor labels). These are the honest
 
 """
     if volumes:
-        text += "### Longitudinal consistency: sub-mslong01, two sessions, no manual label\n\n"
+        text += ("### Longitudinal consistency: sub-mslong01, two sessions, no manual label\n\n"
+                 "ses-02 carries a large new periventricular lesion, bright on its FLAIR and absent at the same "
+                 "template position in ses-01 (`training/results/mslesion_mslong01_sessions.png`), so equal volumes "
+                 "are not expected; compare the lesion counts too.\n\n")
         text += "| image | model | lesions | volume (mL) |\n|---|---|---|---|\n"
         for r in volumes:
             text += f"| {r['case']} | {r['model']} | {r['lesion_count']} | {r['pred_ml']:.2f} |\n"
