@@ -85,6 +85,22 @@ def collect_inputs(layout, task: Task, subject: str, sessions: tuple[str, ...] =
             for f in sorted(files, key=lambda f: f.path)]
 
 
+def find_companion(layout, image: InputImage, query: dict) -> InputImage | None:
+    """Another image of ``image``'s participant and session matching ``query`` (e.g. the T1w beside a
+    FLAIR), without a contrast agent (no ``ce-`` entity); the first in sorted order, or ``None``."""
+    from bids.layout import Query
+
+    entities = {"subject": image.entities["subject"],
+                "session": image.entities.get("session", Query.NONE), "ceagent": Query.NONE}
+    files = sorted(layout.get(return_type="object", **{**dict(query), **entities}), key=lambda f: f.path)
+    files = [f for f in files if Path(f.path) != image.path]
+    if not files:
+        return None
+    root = Path(layout.root)
+    return InputImage(path=Path(files[0].path), relpath=str(Path(files[0].path).relative_to(root)),
+                      entities=dict(files[0].get_entities()))
+
+
 def task_filters(bids_filters: dict, task_name: str) -> dict:
     """Filters for ``task_name`` from a ``--bids-filter-file``: its own key, else ``"all"``."""
     return dict(bids_filters.get(task_name, bids_filters.get("all", {})))

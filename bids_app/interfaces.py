@@ -217,6 +217,7 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     model = traits.Dict(desc="model name, version, sha256")
     version = traits.Str(mandatory=True, desc="app version")
     extra = traits.Dict(desc="more sidecar fields")
+    other_sources = traits.List(traits.Str, desc="raw-dataset paths of other images used (listed in Sources)")
 
 
 class _SinkOutputSpec(TraitedSpec):
@@ -238,7 +239,9 @@ class DerivativesSink(SimpleInterface):
             extra.setdefault("SpatialReference", f"bids:raw:{self.inputs.source_relpath}")
         content = outputs.sidecar(self.inputs.source_relpath,
                                   self.inputs.model if isdefined(self.inputs.model) else None,
-                                  self.inputs.version, **extra)
+                                  self.inputs.version,
+                                  other_sources=self.inputs.other_sources if isdefined(self.inputs.other_sources) else (),
+                                  **extra)
         self._results["out_file"] = str(outputs.write_output(Path(self.inputs.output_dir), Path(self.inputs.in_file),
                                                              relpath, content))
         return runtime

@@ -99,8 +99,63 @@ class ToTemplate(SimpleInterface):
 
 
 # ----------------------------------------------------------------------------------------------------
+class _CompanionToTemplateInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="second contrast of the session (T1w), native grid")
+    reference = File(exists=True, mandatory=True, desc="the session's FLAIR (native grid), the co-registration target")
+    transform_file = File(exists=True, mandatory=True, desc="template -> FLAIR affine from ToTemplate (ITK .tfm)")
+    bias_correction = traits.Bool(True, usedefault=True, desc="run N4 first")
+    min_coverage = traits.Float(0.8, usedefault=True, desc="smallest fraction of the template brain the image "
+                                                          "must cover to be used (else the output is zeros)")
+    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="ITK threads (resampling)")
+
+
+class _CompanionToTemplateOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="normalised image on the 1 mm template grid, voxel-aligned with the FLAIR's")
+    coreg_file = File(exists=True, desc="rigid FLAIR -> image transform (ITK .tfm)")
+    coverage = traits.Float(desc="fraction of the template brain inside the image's field of view")
+    seconds = traits.Dict(desc="wall time per stage (n4, coregistration, resampling)")
+
+
+class CompanionToTemplate(SimpleInterface):
+    """Rigid co-registration of a T1w to its FLAIR, carried to the template with the FLAIR's affine
+    (:func:`preprocessing.companion_to_template`)."""
+
+    input_spec = _CompanionToTemplateInputSpec
+    output_spec = _CompanionToTemplateOutputSpec
+
+    def _run_interface(self, runtime):
+        import SimpleITK as sitk
+
+        from bids_app import preprocessing, templates
+
+        tsi = preprocessing.companion_to_template(
+            sitk.ReadImage(self.inputs.in_file), sitk.ReadImage(self.inputs.reference),
+            sitk.ReadTransform(self.inputs.transform_file), sitk.ReadImage(str(templates.get_template_file("T1w"))),
+            sitk.ReadImage(str(templates.get_template_file("mask", desc="brain"))),
+            bias_correction=self.inputs.bias_correction, threads=max(1, self.inputs.num_threads))
+        data = tsi.data
+        if tsi.coverage < self.inputs.min_coverage:
+            # Zeros is what the model saw for "no T1w" in training: better than a partial image.
+            LOGGER.warning("%s covers %.0f %% of the template brain (< %.0f %%); it is not used (the T1w "
+                           "channel is left empty). Exclude it with --bids-filter-file if this is expected.",
+                           Path(self.inputs.in_file).name, 100 * tsi.coverage, 100 * self.inputs.min_coverage)
+            data = np.zeros_like(data)
+        self._results["coverage"] = round(tsi.coverage, 4)
+        self._results["out_file"] = _out(runtime.cwd, self.inputs.in_file, "space-template")
+        _save_template(data, nib.load(str(templates.get_template_file("T1w"))).affine, self._results["out_file"])
+        self._results["coreg_file"] = _out(runtime.cwd, self.inputs.in_file, "coreg", ".tfm")
+        sitk.WriteTransform(tsi.transform, self._results["coreg_file"])
+        self._results["seconds"] = {k: round(v, 2) for k, v in tsi.seconds.items()}
+        LOGGER.info("%s to template through %s: %s s", Path(self.inputs.in_file).name,
+                    Path(self.inputs.reference).name, self._results["seconds"])
+        return runtime
+
+
+# ----------------------------------------------------------------------------------------------------
 class _SegmentLesionsInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="normalised FLAIR on the template grid")
+    t1w_file = File(exists=True, desc="normalised T1w on the template grid (CompanionToTemplate); "
+                                      "used when the model has a T1w channel")
     model_dir = traits.Directory(exists=True, mandatory=True, desc="mslesion model folder")
     member = traits.Enum("ensemble", "generic", usedefault=True, desc="fused specialists or the generic net")
     device = traits.Enum("cpu", "cuda", usedefault=True, nohash=True, desc="torch device")
@@ -130,8 +185,9 @@ class SegmentLesions(SimpleInterface):
         tpl = _template_arrays()
         img = nib.load(self.inputs.in_file)
         t0 = time.perf_counter()
+        t1w = np.asarray(nib.load(self.inputs.t1w_file).dataobj, np.float32) if isdefined(self.inputs.t1w_file) else None
         prob = lesion_model.lesion_probability(model, np.asarray(img.dataobj, np.float32), tpl["wm"], tpl["brain"],
-                                               self.inputs.member)
+                                               self.inputs.member, t1w=t1w)
         self._results["seconds"] = round(time.perf_counter() - t0, 2)
         self._results["out_file"] = _out(runtime.cwd, self.inputs.in_file, "probseg")
         _save_template(prob, img.affine, self._results["out_file"])

@@ -135,20 +135,19 @@ def search_region(wm: np.ndarray, threshold: float = 0.5, dilation_mm: float = 3
 
 
 def lesion_probability(model, image: np.ndarray, wm: np.ndarray, brain: np.ndarray,
-                       member: str = "ensemble") -> np.ndarray:
+                       member: str = "ensemble", t1w: np.ndarray | None = None) -> np.ndarray:
     """Lesion probability ``(X, Y, Z)`` in [0, 1] on the template grid, inside the search region.
 
     ``model`` is what :func:`load_ensemble` returns; ``image`` the normalised FLAIR on the template
     grid (:func:`bids_app.preprocessing.to_template_space`); ``wm`` the template WM probability and
     ``brain`` its brain mask. The prior channel, the search region and the fusion come from the
     model's metadata. ``member``: ``"ensemble"`` (the fused specialists) or ``"generic"``.
+    ``t1w``: the session's T1w on the template grid, normalised like the FLAIR
+    (:func:`bids_app.preprocessing.companion_to_template`); used when the model has a ``T1w``
+    channel, which is zeros without one (as the model saw in training), ignored otherwise.
     """
     metadata, generic, specialists, boxes = model
-    channels = metadata["input"]["channels"]
-    x = [np.asarray(image, np.float32)]
-    if len(channels) > 1:  # the global-binary-mask prior, as in training
-        x.append((np.asarray(wm) >= 0.5).astype(np.float32))
-    x = np.stack(x)
+    x = np.stack([_channel(name, image, wm, t1w) for name in metadata["input"]["channels"]])
     if member == "ensemble":
         prob = predict_ensemble(specialists, boxes, x, brain)
     elif member == "generic":
@@ -157,3 +156,15 @@ def lesion_probability(model, image: np.ndarray, wm: np.ndarray, brain: np.ndarr
         raise ValueError(f"member {member!r} is not 'ensemble' or 'generic'.")
     region = metadata["output"]["search_region"]
     return prob * search_region(wm, region["template_wm_threshold"], region["dilation_mm"])
+
+
+def _channel(name: str, image: np.ndarray, wm: np.ndarray, t1w: np.ndarray | None) -> np.ndarray:
+    """One input channel ``(X, Y, Z)`` float32 by its metadata name."""
+    if name == "FLAIR":
+        return np.asarray(image, np.float32)
+    if name == "T1w":
+        return np.zeros(np.shape(image), np.float32) if t1w is None else np.asarray(t1w, np.float32)
+    if name.startswith("prior:WM probseg >= "):  # the global-binary-mask prior, as in training
+        return (np.asarray(wm) >= float(name.rsplit(">=", 1)[1])).astype(np.float32)
+    raise ValueError(f"The model asks for an input channel {name!r} that this version of neuroseg cannot "
+                     "provide; use the model that came with this version (or upgrade neuroseg).")

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,14 @@ def write_json(path: Path, content: dict[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(content, indent=2, default=str) + "\n").encode())
 
 
-def sidecar(source_relpath: str, model: dict[str, str] | None, version: str, **extra: Any) -> dict[str, Any]:
-    """The JSON sidecar content shared by every output."""
-    content: dict[str, Any] = {"Sources": [f"bids:raw:{source_relpath}"]}
+def sidecar(source_relpath: str, model: dict[str, str] | None, version: str, *, other_sources: Sequence[str] = (),
+            **extra: Any) -> dict[str, Any]:
+    """The JSON sidecar content shared by every output.
+
+    ``Sources`` lists the segmented image first, then ``other_sources`` (raw-dataset paths of other
+    images that went into the result, e.g. the session's T1w co-registered to the FLAIR).
+    """
+    content: dict[str, Any] = {"Sources": [f"bids:raw:{p}" for p in (source_relpath, *other_sources)]}
     if model:
         content["Model"] = model
     content["GeneratedBy"] = {"Name": "neuroseg", "Version": version}

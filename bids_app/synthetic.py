@@ -116,7 +116,7 @@ def make_dataset(root: Path, subjects: dict[str, list[str | None]] | None = None
     (root / "participants.tsv").write_text("\n".join(rows) + "\n")
     if flair:
         subject, sessions = next(iter(subjects.items()))
-        _write_flair(root, subject, sessions[0])
+        _write_flair(root, subject, sessions[0], t1w=False)  # this session's T1w is the cord image
     labels_root = root / "derivatives" / "labels"
     if labels_root.is_dir():
         (labels_root / "dataset_description.json").write_text(json.dumps(
@@ -130,13 +130,28 @@ def make_dataset(root: Path, subjects: dict[str, list[str | None]] | None = None
 FLAIR_LESIONS = (((-26.0, -10.0, 28.0), 5.0), ((28.0, -20.0, 24.0), 4.0), ((-22.0, 20.0, 18.0), 3.5))
 
 
+#: Tissue intensities (white matter, grey matter, CSF, lesion) of the synthetic contrasts, x 1000.
+FLAIR_INTENSITIES = (0.6, 1.0, 0.15, 1.7)
+T1W_INTENSITIES = (1.0, 0.6, 0.15, 0.45)
+
+
+def synthetic_t1w(zooms: tuple[float, float, float] = (1.2, 1.2, 1.2), tilt_deg: float = -6.0,
+                  lesions=FLAIR_LESIONS, seed: int = 1) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """The T1w of the :func:`synthetic_flair` brain: same anatomy and lesions (hypointense), T1w
+    ordering (WM > GM > CSF, :data:`T1W_INTENSITIES`), its own 1.2 mm grid tilted the other way, so
+    that it must be co-registered to the FLAIR."""
+    return synthetic_flair(zooms, tilt_deg, lesions, seed, T1W_INTENSITIES)
+
+
 def synthetic_flair(zooms: tuple[float, float, float] = (1.0, 1.0, 4.0), tilt_deg: float = 12.0,
-                    lesions=FLAIR_LESIONS, seed: int = 0) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+                    lesions=FLAIR_LESIONS, seed: int = 0,
+                    intensities: tuple[float, float, float, float] = FLAIR_INTENSITIES
+                    ) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
     """A FLAIR-like brain with known lesions on an oblique thick-slice grid, and its lesion mask.
 
     Intensities come from the MNI152NLin2009aSym tissue maps of the project's TemplateFlow home
-    (FLAIR ordering: grey matter 1.0 > white matter 0.6 > CSF 0.15, times 1000, plus 2 % noise);
-    the spheres of ``lesions`` are set to 1.7. The grid has voxel sizes ``zooms`` (mm) and is rotated
+    (``intensities`` of white matter, grey matter, CSF and lesion; FLAIR by default: grey matter 1.0 >
+    white matter 0.6 > CSF 0.15, lesions 1.7; times 1000, plus 2 % noise). The grid has voxel sizes ``zooms`` (mm) and is rotated
     by ``tilt_deg`` about the left-right axis (an oblique clinical acquisition), covering the template
     brain. Values are sampled at voxel centres on a 1 mm template-space rendering (linear), so thick
     slices are point-sampled, not averaged. The mask holds 1 where a voxel centre lies in a sphere.
@@ -153,13 +168,14 @@ def synthetic_flair(zooms: tuple[float, float, float] = (1.0, 1.0, 4.0), tilt_de
     gm, _ = arr(templates.get_template_file("probseg", label="GM"))
     brain = arr(templates.get_template_file("mask", desc="brain"))[0] > 0
     csf = np.clip(brain - wm - gm, 0, 1)
-    image = (0.6 * wm + 1.0 * gm + 0.15 * csf) * brain
+    i_wm, i_gm, i_csf, i_lesion = intensities
+    image = (i_wm * wm + i_gm * gm + i_csf * csf) * brain
     ijk = np.indices(brain.shape).reshape(3, -1)
     xyz = (tpl_affine[:3, :3] @ ijk + tpl_affine[:3, 3:4]).reshape(3, *brain.shape)
     truth = np.zeros(brain.shape, bool)
     for centre, radius in lesions:
         truth |= ((xyz - np.reshape(centre, (3, 1, 1, 1))) ** 2).sum(0) <= radius ** 2
-    image[truth] = 1.7
+    image[truth] = i_lesion
 
     t = np.radians(tilt_deg)
     rotation = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
@@ -188,28 +204,33 @@ def synthetic_flair(zooms: tuple[float, float, float] = (1.0, 1.0, 4.0), tilt_de
     return out[0], out[1]
 
 
-def _write_flair(root: Path, subject: str, session: str | None) -> None:
-    """The :func:`synthetic_flair` of one participant and its lesion mask under ``derivatives/labels``."""
+def _write_flair(root: Path, subject: str, session: str | None, t1w: bool = True) -> None:
+    """The :func:`synthetic_flair` of one participant, its lesion mask under ``derivatives/labels``
+    and, with ``t1w``, the :func:`synthetic_t1w` of the same session."""
     flair, mask = synthetic_flair()
     rel = Path(f"sub-{subject}") / (f"ses-{session}" if session else "") / "anat"
     prefix = f"sub-{subject}" + (f"_ses-{session}" if session else "")
     (root / rel).mkdir(parents=True, exist_ok=True)
     nib.save(flair, str(root / rel / f"{prefix}_FLAIR.nii.gz"))
     (root / rel / f"{prefix}_FLAIR.json").write_text(json.dumps({"Manufacturer": "synthetic"}) + "\n")
+    if t1w:
+        nib.save(synthetic_t1w()[0], str(root / rel / f"{prefix}_T1w.nii.gz"))
+        (root / rel / f"{prefix}_T1w.json").write_text(json.dumps({"Manufacturer": "synthetic"}) + "\n")
     labels = root / "derivatives" / "labels" / rel
     labels.mkdir(parents=True, exist_ok=True)
     nib.save(mask, str(labels / f"{prefix}_FLAIR_label-lesion_seg.nii.gz"))
 
 
-def make_lesion_dataset(root: Path) -> Path:
-    """A one-participant BIDS dataset: ``sub-01`` with the :func:`synthetic_flair` and its manual label."""
+def make_lesion_dataset(root: Path, t1w: bool = True) -> Path:
+    """A one-participant BIDS dataset: ``sub-01`` with the :func:`synthetic_flair`, its manual label
+    and (``t1w``) the :func:`synthetic_t1w` of the same session."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "dataset_description.json").write_text(json.dumps(
         {"Name": "neuroseg synthetic MS lesion demo", "BIDSVersion": "1.10.0", "DatasetType": "raw",
          "License": "CC0", "Authors": ["neuroseg"]}, indent=2) + "\n")
     (root / "README").write_text("A synthetic FLAIR with three spherical lesions (bids_app/synthetic.py).\n")
     (root / "participants.tsv").write_text("participant_id\nsub-01\n")
-    _write_flair(root, "01", None)
+    _write_flair(root, "01", None, t1w)
     labels = root / "derivatives" / "labels"
     (labels / "dataset_description.json").write_text(json.dumps(
         {"Name": "demo labels", "BIDSVersion": "1.10.0", "DatasetType": "derivative",

@@ -21,7 +21,9 @@ class Task:
     ``label``: BIDS ``label-`` entity of the outputs; ``model``: folder name under the models dir;
     ``workflow``: dotted path of the ``init_<name>_wf`` factory; ``group_table``: file name of the
     cohort table written at the group level; ``label_queries``: suffix patterns of user-supplied labels
-    looked up under ``derivatives/labels`` (see :mod:`bids_app.bids`).
+    looked up under ``derivatives/labels`` (see :mod:`bids_app.bids`); ``companions``: other images of
+    the same participant and session that the model may use beside the segmented one, by channel
+    name, each a pybids query (e.g. the T1w beside a FLAIR); the first match in sorted order is used.
     """
 
     name: str
@@ -32,6 +34,7 @@ class Task:
     workflow: str
     group_table: str
     label_queries: Mapping[str, str] = field(default_factory=dict)
+    companions: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     citation: str = ""
 
 
@@ -60,6 +63,9 @@ REGISTRY: Mapping[str, Task] = MappingProxyType({
         workflow="bids_app.workflows.mslesion.init_mslesion_wf",
         group_table="group_lesions.tsv",
         label_queries=MappingProxyType({"manual": "label-lesion*_seg"}),
+        # A plain (no contrast agent) T1w of the same session, co-registered to the FLAIR.
+        companions=MappingProxyType({"T1w": MappingProxyType({"datatype": "anat", "suffix": "T1w",
+                                                              "extension": [".nii", ".nii.gz"]})}),
         citation=("Kamraoui RA, Ta VT, Tourdias T, et al. DeepLesionBrain: Towards a broader deep-learning "
                   "generalization for multiple sclerosis lesion segmentation. Medical Image Analysis 2022;76:102312. "
                   "doi:10.1016/j.media.2021.102312"),

@@ -83,3 +83,25 @@ def test_validator_rejects_broken_dataset(tmp_path, synthetic_bids):
     (broken / "sub-01" / "anat" / "sub-01_bogus-file.txt").write_text("x")
     with pytest.raises(DatasetError, match="BIDS validator"):
         bids.validate_dataset(broken)
+
+
+def test_find_companion_same_session_without_contrast_agent(tmp_path):
+    """The T1w beside a FLAIR: same participant and session, not the gadolinium-enhanced one."""
+    (tmp_path / "dataset_description.json").write_text(json.dumps({"Name": "t", "BIDSVersion": "1.10.0"}))
+    files = ["sub-a/ses-1/anat/sub-a_ses-1_FLAIR.nii.gz", "sub-a/ses-1/anat/sub-a_ses-1_T1w.nii.gz",
+             "sub-a/ses-1/anat/sub-a_ses-1_ce-gadolinium_T1w.nii.gz", "sub-a/ses-2/anat/sub-a_ses-2_FLAIR.nii.gz",
+             "sub-a/ses-2/anat/sub-a_ses-2_ce-gadolinium_T1w.nii.gz", "sub-b/anat/sub-b_FLAIR.nii.gz",
+             "sub-b/anat/sub-b_T1w.nii.gz"]
+    for f in files:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_bytes(b"")
+    layout = bids.load_layout(tmp_path)
+    task = get_task("mslesion")
+    found = {}
+    for subject in ("a", "b"):
+        for image in bids.collect_inputs(layout, task, subject):
+            companion = bids.find_companion(layout, image, task.companions["T1w"])
+            found[image.relpath] = companion.relpath if companion else None
+    assert found == {"sub-a/ses-1/anat/sub-a_ses-1_FLAIR.nii.gz": "sub-a/ses-1/anat/sub-a_ses-1_T1w.nii.gz",
+                     "sub-a/ses-2/anat/sub-a_ses-2_FLAIR.nii.gz": None,  # only an enhanced T1w there
+                     "sub-b/anat/sub-b_FLAIR.nii.gz": "sub-b/anat/sub-b_T1w.nii.gz"}

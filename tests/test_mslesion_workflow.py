@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 
 from bids_app.cli import main
+from bids_app.config import default_models_dir
+from bids_app.inference_meta import read_metadata
 from bids_app.synthetic import make_lesion_dataset
 
 
@@ -36,7 +38,11 @@ def test_outputs_on_the_native_flair_grid_with_sidecars(lesion_run):
     p = np.asarray(prob.dataobj)
     assert p.min() >= 0 and p.max() <= 1
     meta = json.loads((anat / "sub-01_label-lesion_desc-FLAIR_mask.json").read_text())
-    assert meta["Sources"] == ["bids:raw:sub-01/anat/sub-01_FLAIR.nii.gz"] and len(meta["Model"]["SHA256"]) == 64
+    # The session's T1w is a source exactly when the shipped model has a T1w channel.
+    uses_t1w = "T1w" in read_metadata(default_models_dir() / "mslesion")["input"]["channels"]
+    assert meta["Sources"] == ["bids:raw:sub-01/anat/sub-01_FLAIR.nii.gz"] + (
+        ["bids:raw:sub-01/anat/sub-01_T1w.nii.gz"] if uses_t1w else [])
+    assert len(meta["Model"]["SHA256"]) == 64
     assert 0 < meta["Threshold"] < 1
     # The mask is the thresholded map without lesions under the minimum volume.
     m = np.asarray(mask.dataobj) > 0
@@ -72,3 +78,35 @@ def test_group_lesion_table(lesion_run):
     table = pd.read_csv(out / "group_lesions.tsv", sep="\t")
     assert table["participant_id"].tolist() == ["sub-01"] and table["contrast"].tolist() == ["FLAIR"]
     assert (out / "figures" / "group_lesions_regions.png").is_file()
+
+
+def test_the_t1w_is_coregistered_to_the_flair_and_lands_on_the_template(tmp_path):
+    """The CompanionToTemplate node on the synthetic session: a 1.2 mm T1w tilted the other way than
+    the 4 mm FLAIR reaches the template grid through the FLAIR; its hypointense lesions land on
+    their known MNI positions (darker than the white matter around them)."""
+    import os
+
+    from bids_app import templates
+    from bids_app.lesion_interfaces import CompanionToTemplate, ToTemplate
+    from bids_app.synthetic import FLAIR_LESIONS
+
+    bids = make_lesion_dataset(tmp_path / "ds")
+    anat = bids / "sub-01" / "anat"
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        flair = ToTemplate(in_file=str(anat / "sub-01_FLAIR.nii.gz"), num_threads=2).run().outputs
+        t1 = CompanionToTemplate(in_file=str(anat / "sub-01_T1w.nii.gz"), reference=str(anat / "sub-01_FLAIR.nii.gz"),
+                                 transform_file=flair.transform_file, num_threads=2).run().outputs
+    finally:
+        os.chdir(cwd)
+    assert t1.coverage > 0.95
+    img = nib.load(t1.out_file)
+    data = np.asarray(img.dataobj)
+    assert img.shape == nib.load(templates.get_template_file("T1w")).shape
+    ijk = np.indices(data.shape).reshape(3, -1)
+    xyz = (img.affine[:3, :3] @ ijk + img.affine[:3, 3:4]).reshape(3, *data.shape)
+    for centre, radius in FLAIR_LESIONS:
+        d = np.sqrt(((xyz - np.reshape(centre, (3, 1, 1, 1))) ** 2).sum(0))
+        core, shell = data[d <= radius - 1.5], data[(d > radius + 2) & (d <= radius + 4)]
+        assert np.median(core) < np.median(shell) - 0.5  # hypointense lesion where the truth puts it

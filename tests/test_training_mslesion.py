@@ -21,7 +21,7 @@ def test_sampler_pastes_bright_lesions_inside_the_brain_and_white_matter():
     s = T.Sampler(tpl, [lesion], [], patch=16, real_fraction=0.0, seed=0, contrast=(2.0, 2.0), lesion_wm=0.3)
     seen = 0
     for _ in range(20):
-        img, prior, target, weight = s.sample()
+        (img, prior), target, weight = s.sample()
         assert img.shape == prior.shape == target.shape == weight.shape == (16, 16, 16)
         assert img.dtype == np.float32 and np.isfinite(img).all()
         assert set(np.unique(target)) <= {0.0, 1.0} and (weight == 1).all()
@@ -41,7 +41,7 @@ def test_sampler_ignores_bright_white_matter_of_real_canvases():
     real = {"image": canvas, "ignore": canvas > 2}
     lesion = np.zeros(tpl["brain"].shape, bool)
     s = T.Sampler(tpl, [lesion], [real], patch=40, real_fraction=1.0, seed=1)
-    _, _, target, weight = s.sample()
+    _, target, weight = s.sample()
     assert (weight[10:14, 10:14, 20:24] == 0).all() and weight.mean() > 0.99
     assert (target[~tpl["brain"]] == 0).all()  # pasted lesions (here only the random ellipsoids) stay in the brain
 
@@ -65,7 +65,7 @@ def test_sampler_uses_the_soft_manual_label_of_a_labelled_canvas():
     no_lesions = np.zeros(tpl["brain"].shape, bool)
     s = T.Sampler(tpl, [no_lesions], [real], patch=40, real_fraction=1.0, seed=3, labelled_weight=2.0)
     for _ in range(5):
-        _, _, target, weight = s.sample()
+        _, target, weight = s.sample()
         assert (weight == 1).all()  # a labelled canvas has no unknown voxels
         assert np.allclose(target[18:22, 18:22, 18:22], 0.5)  # the soft rater mean is the target
         assert target.max() <= 1.0
@@ -80,6 +80,56 @@ def test_synthetic_flair_from_the_template_t1_orders_tissues_like_flair():
                   t1_fraction=1.0)
     csf = tpl["brain"] & (tpl["wm"] + tpl["gm"] == 0)
     for _ in range(5):
-        img = s._synthetic(tuple(slice(0, 40) for _ in range(3)))
+        img, t1 = s._synthetic(tuple(slice(0, 40) for _ in range(3)))
+        assert t1 is None  # no T1w channel asked for
         gm, wm, c = (img[m].mean() for m in (tpl["gm"] > 0, tpl["wm"] > 0, csf))
         assert gm > wm > c  # FLAIR: grey matter brightest, CSF darkest
+
+
+def _t1_template():
+    tpl = _template()
+    tpl["t1"] = (20 + 140 * tpl["gm"] + 200 * tpl["wm"]).astype(np.float32) * tpl["brain"]
+    tpl["t1_knots"] = (20.0, 160.0, 220.0)
+    return tpl
+
+
+def test_sampler_t1w_channel_lesions_dark_on_t1w_and_zeros_without_one():
+    tpl = _t1_template()
+    lesion = np.zeros(tpl["brain"].shape, bool)
+    lesion[18:23, 18:23, 18:23] = True
+    wm = tpl["wm"] > 0
+    with_t1 = {"image": np.where(wm, 0.0, 1.0).astype(np.float32), "t1w": np.where(wm, 1.0, -1.0).astype(np.float32),
+               "ignore": np.zeros(lesion.shape, bool)}
+    s = T.Sampler(tpl, [lesion], [with_t1], patch=40, real_fraction=1.0, seed=2, contrast=(3.0, 3.0),
+                  prior=True, t1w=True, t1w_dropout=0.0, t1w_contrast=(1.5, 1.5))
+    for _ in range(5):
+        x, target, _ = s.sample()
+        assert x.shape == (3, 40, 40, 40) and x.dtype == np.float32
+        flair, t1, prior = x
+        normal_wm = (prior > 0) & (target == 0)
+        if target.sum() > 20 and normal_wm.sum() > 20:
+            assert flair[target > 0].mean() > flair[normal_wm].mean()  # bright on FLAIR
+            assert t1[target > 0].mean() < t1[normal_wm].mean()  # iso- to hypointense on T1w
+    without = {k: v for k, v in with_t1.items() if k != "t1w"}
+    s = T.Sampler(tpl, [lesion], [without], patch=40, real_fraction=1.0, seed=2, prior=True, t1w=True)
+    assert not s.sample()[0][1].any()  # a canvas without a T1w gives a zero channel, as the app does
+    s = T.Sampler(tpl, [lesion], [with_t1], patch=40, real_fraction=1.0, seed=2, prior=False, t1w=True,
+                  t1w_dropout=1.0)
+    x, _, _ = s.sample()
+    assert x.shape == (2, 40, 40, 40) and not x[1].any()  # dropped out: zeros
+
+
+def test_synthetic_t1w_orders_tissues_like_t1w():
+    tpl = _t1_template()
+    s = T.Sampler(tpl, [np.zeros(tpl["brain"].shape, bool)], [], patch=40, real_fraction=0.0, seed=6, t1w=True)
+    csf = tpl["brain"] & (tpl["wm"] + tpl["gm"] == 0)
+    for _ in range(5):
+        _, t1 = s._synthetic(tuple(slice(0, 40) for _ in range(3)))
+        gm, wm, c = (t1[m].mean() for m in (tpl["gm"] > 0, tpl["wm"] > 0, csf))
+        assert wm > gm > c
+
+
+def test_input_channels_follow_the_config():
+    assert T.input_channels({"prior": True}) == ["FLAIR", T.PRIOR_CHANNEL]
+    assert T.input_channels({"prior": True, "t1w": True}) == ["FLAIR", "T1w", T.PRIOR_CHANNEL]
+    assert T.input_channels({"prior": False}) == ["FLAIR"]

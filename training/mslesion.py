@@ -86,8 +86,18 @@ def lesion_masks_in_template(folder: Path, tpl: dict) -> list[np.ndarray]:
     return out
 
 
-def real_canvas(path: Path, tpl: dict, cache: Path, labels: list[Path] | None = None) -> dict:
+def companion_path(flair: Path, suffix: str = "T1w") -> Path | None:
+    """The same session's ``suffix`` image beside a FLAIR (``..._FLAIR.nii.gz`` -> ``..._T1w.nii.gz``)."""
+    other = flair.parent / flair.name.replace("_FLAIR.", f"_{suffix}.")
+    return other if other.is_file() and other != flair else None
+
+
+def real_canvas(path: Path, tpl: dict, cache: Path, labels: list[Path] | None = None, t1w: bool = False) -> dict:
     """A real FLAIR in template space (cached) and either its manual label or the voxels left out of the loss.
+
+    With ``t1w``, the session's T1w (when there is one, :func:`companion_path`) is co-registered to the
+    FLAIR and carried to the template with it (:func:`bids_app.preprocessing.companion_to_template`)
+    and returned as ``"t1w"``; a canvas without one has no ``"t1w"`` key.
 
     Unlabelled canvas: ``{"image", "ignore"}``; bright white matter (> 2 IQR) may hold real, unlabelled
     lesions, so it is neither a positive nor a negative example. Labelled canvas (``labels`` given):
@@ -97,13 +107,18 @@ def real_canvas(path: Path, tpl: dict, cache: Path, labels: list[Path] | None = 
     """
     cache.mkdir(parents=True, exist_ok=True)
     stem = path.name.replace(".nii.gz", "")
-    f, fl = cache / f"{stem}.npy", cache / f"{stem}_label.npy"
-    if not f.exists() or (labels and not fl.exists()):
+    f, fl, ft = cache / f"{stem}.npy", cache / f"{stem}_label.npy", cache / f"{stem}_T1w.npy"
+    t1_path = companion_path(path) if t1w else None
+    if not f.exists() or (labels and not fl.exists()) or (t1_path and not ft.exists()):
         tpl_img = sitk.ReadImage(str(templates.get_template_file("T1w")))
         flair = sitk.ReadImage(str(path))
         tsi = preprocessing.to_template_space(
             flair, tpl_img, sitk.ReadImage(str(templates.get_template_file("mask", desc="brain"))), threads=2)
         np.save(f, tsi.data)
+        if t1_path:
+            np.save(ft, preprocessing.companion_to_template(
+                sitk.ReadImage(str(t1_path)), flair, tsi.transform, tpl_img,
+                sitk.ReadImage(str(templates.get_template_file("mask", desc="brain"))), threads=2).data)
         if labels:
             soft = np.zeros(tsi.data.shape, np.float32)
             for lab in labels:
@@ -113,19 +128,29 @@ def real_canvas(path: Path, tpl: dict, cache: Path, labels: list[Path] | None = 
                     preprocessing.resample_to(m, tpl_img, tsi.transform, "linear")), (2, 1, 0))
             np.save(fl, np.clip(soft / len(labels), 0, 1))
     img = np.load(f)
+    extra = {"t1w": np.load(ft)} if t1_path else {}
     if labels:
-        return {"image": img, "label": np.load(fl), "ignore": np.zeros(img.shape, bool)}
+        return {"image": img, "label": np.load(fl), "ignore": np.zeros(img.shape, bool), **extra}
     ignore = ndimage.binary_dilation((img > 2.0) & (tpl["wm"] > 0.2), iterations=2)
-    return {"image": img, "ignore": ignore}
+    return {"image": img, "ignore": ignore, **extra}
 
 
 class Sampler:
-    """Draws ``(image, prior, target, weight)`` patches, all ``(P, P, P)`` float32."""
+    """Draws ``(channels, target, weight)`` patches: ``channels`` ``(C, P, P, P)``, the others ``(P, P, P)``.
+
+    Channels, in order: the FLAIR; with ``t1w`` the T1w (zeros when the canvas has none, and with
+    probability ``t1w_dropout`` anyway, so that one model serves sessions with and without a T1w);
+    with ``prior`` the global binary mask. Pasted lesions are hyperintense on the FLAIR and iso- to
+    hypointense on the T1w (``-U(*t1w_contrast)`` IQR, default 0 to 1.5: from isointense to "black holes").
+    """
 
     def __init__(self, tpl, lesion_masks, canvases, patch: int, real_fraction: float, seed: int,
                  contrast=(0.6, 4.0), lesion_wm: float = 0.0, labelled_weight: float = 1.0,
-                 t1_fraction: float = 0.0):
+                 t1_fraction: float = 0.0, prior: bool = True, t1w: bool = False, t1w_dropout: float = 0.3,
+                 t1w_contrast=(0.0, 1.5)):
         self.tpl, self.masks, self.canvases = tpl, lesion_masks, canvases
+        self.prior, self.t1w, self.t1w_dropout = bool(prior), bool(t1w), float(t1w_dropout)
+        self.t1w_contrast = tuple(t1w_contrast)
         self.t1_fraction = float(t1_fraction)
         self.labelled_weight = float(labelled_weight)
         for c in canvases:
@@ -170,20 +195,32 @@ class Sampler:
             les &= tpl["wm"][box] >= self.lesion_wm
         ignore = np.zeros_like(les)
         target = les.astype(np.float32)
+        t1 = None
         if canvas is not None:
             img = canvas["image"][box].copy()
+            if self.t1w and "t1w" in canvas:
+                t1 = canvas["t1w"][box].copy()
             ignore = canvas["ignore"][box] & ~les
             if "label" in canvas:
                 if rng.random() < 0.5:  # half of the labelled patches keep only the real lesions
                     les[:] = False
                 target = np.maximum(les, canvas["label"][box])
         else:
-            img = self._synthetic(box)
+            img, t1 = self._synthetic(box)
         soft = ndimage.gaussian_filter(les.astype(np.float32), 0.6)
         img = img + rng.uniform(*self.contrast) * soft * (1 + 0.3 * rng.standard_normal(img.shape).astype(np.float32))
         img = augment(img, tpl["brain"][box], rng)
+        channels = [img]
+        if self.t1w:
+            if t1 is None or rng.random() < self.t1w_dropout:
+                t1 = np.zeros_like(img)
+            else:
+                t1 = augment(t1 - rng.uniform(*self.t1w_contrast) * soft, tpl["brain"][box], rng)
+            channels.append(t1)
+        if self.prior:
+            channels.append(tpl["prior"][box])
         weight = (~ignore).astype(np.float32)
-        return img.astype(np.float32), tpl["prior"][box], target.astype(np.float32), weight
+        return np.stack(channels).astype(np.float32), target.astype(np.float32), weight
 
     def _pick_canvas(self) -> dict:
         """Labelled canvases are drawn ``labelled_weight`` times as often as unlabelled ones."""
@@ -212,7 +249,9 @@ class Sampler:
         return out
 
     def _synthetic(self, box):
+        """A synthetic FLAIR patch and, with ``t1w``, the matching T1w patch (else ``None``)."""
         rng, tpl = self.rng, self.tpl
+        t1 = self._synthetic_t1w(box) if self.t1w else None
         wm, gm = tpl["wm"][box], tpl["gm"][box]
         csf = np.clip(tpl["brain"][box] - wm - gm, 0, 1)
         c_wm, c_gm, c_csf = rng.uniform(-0.3, 0.3), rng.uniform(0.4, 1.3), rng.uniform(-4.0, -1.5)
@@ -224,9 +263,18 @@ class Sampler:
             img = np.interp(tpl["t1"][box], [k_csf, k_gm, k_wm], [c_csf, c_gm, c_wm]).astype(np.float32)
             img *= tpl["brain"][box]
             img += 0.1 * ndimage.gaussian_filter(rng.standard_normal(img.shape).astype(np.float32), 1.5)
-            return img.astype(np.float32)
+            return img.astype(np.float32), t1
         img = wm * c_wm + gm * c_gm + csf * c_csf
         img += 0.15 * ndimage.gaussian_filter(rng.standard_normal(img.shape).astype(np.float32), 2.0)
+        return img.astype(np.float32), t1
+
+    def _synthetic_t1w(self, box):
+        """A T1w patch from the template T1w with random tissue contrasts (CSF < GM < WM kept)."""
+        rng, tpl = self.rng, self.tpl
+        k_csf, k_gm, k_wm = tpl["t1_knots"]
+        values = [rng.uniform(-3.0, -0.8), rng.uniform(-1.0, -0.1), rng.uniform(0.2, 1.0)]
+        img = np.interp(tpl["t1"][box], [k_csf, k_gm, k_wm], values).astype(np.float32) * tpl["brain"][box]
+        img += 0.1 * ndimage.gaussian_filter(rng.standard_normal(img.shape).astype(np.float32), 1.5)
         return img.astype(np.float32)
 
 
@@ -275,7 +323,7 @@ def loss_fn(logits, target, weight):
     return bce + dice
 
 
-def train_net(net, sampler, iterations, batch, lr, prior: bool, ckpt: Path, region=None, log_every=100):
+def train_net(net, sampler, iterations, batch, lr, ckpt: Path, region=None, log_every=100):
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     start = 0
     if ckpt.exists():
@@ -290,8 +338,8 @@ def train_net(net, sampler, iterations, batch, lr, prior: bool, ckpt: Path, regi
     for it in range(start, iterations):
         xs, ys, ws = [], [], []
         for _ in range(batch):
-            img, pr, les, w = sampler.sample(region)
-            xs.append(np.stack([img, pr]) if prior else img[None]); ys.append(les[None]); ws.append(w[None])
+            x, les, w = sampler.sample(region)
+            xs.append(x); ys.append(les[None]); ws.append(w[None])
         x, y, w = (torch.from_numpy(np.stack(a)) for a in (xs, ys, ws))
         opt.zero_grad()
         loss = loss_fn(net(x), y, w)
@@ -306,6 +354,14 @@ def train_net(net, sampler, iterations, batch, lr, prior: bool, ckpt: Path, regi
     return net
 
 
+PRIOR_CHANNEL = "prior:WM probseg >= 0.5"
+
+
+def input_channels(config: dict) -> list[str]:
+    """The network's input channels, in order, as ``metadata.json`` names them (the app reads them)."""
+    return ["FLAIR"] + (["T1w"] if config.get("t1w") else []) + ([PRIOR_CHANNEL] if config["prior"] else [])
+
+
 def run(config: dict) -> None:
     torch.set_num_threads(config.get("threads", 2))
     torch.manual_seed(config["seed"])
@@ -314,33 +370,35 @@ def run(config: dict) -> None:
     tpl = load_template()
     masks = lesion_masks_in_template(Path(config["lesion_masks"]), tpl)
     data = Path(config["bids_dir"])
-    canvases = [real_canvas(data / c, tpl, run_dir / "cache") for c in config["real_canvases"]]
+    t1w = bool(config.get("t1w"))
+    canvases = [real_canvas(data / c, tpl, run_dir / "cache", t1w=t1w) for c in config["real_canvases"]]
     for image, labels in config.get("labelled_canvases", {}).items():
-        canvases.append(real_canvas(data / image, tpl, run_dir / "cache", [data / lab for lab in labels]))
+        canvases.append(real_canvas(data / image, tpl, run_dir / "cache", [data / lab for lab in labels], t1w=t1w))
     LOGGER.info("%d lesion masks, %d real canvases (%d labelled)", len(masks), len(canvases),
                 len(config.get("labelled_canvases", {})))
     prior = config["prior"]
     sampler = Sampler(tpl, masks, canvases, config["patch"], config["real_fraction"], config["seed"],
                       config.get("lesion_contrast", (0.6, 4.0)), config.get("lesion_wm", 0.0),
-                      config.get("labelled_weight", 1.0), config.get("synthetic_t1_fraction", 0.0))
-    generic = build_net(2 if prior else 1, config["channels"])
-    train_net(generic, sampler, config["generic_iterations"], config["batch"], config["lr"], prior,
-              run_dir / "generic.pt")
+                      config.get("labelled_weight", 1.0), config.get("synthetic_t1_fraction", 0.0),
+                      prior=prior, t1w=t1w, t1w_dropout=config.get("t1w_dropout", 0.3))
+    n_in = len(input_channels(config))
+    generic = build_net(n_in, config["channels"])
+    train_net(generic, sampler, config["generic_iterations"], config["batch"], config["lr"], run_dir / "generic.pt")
     boxes = subvolumes(tpl["brain"], tuple(config["grid"]), config["overlap"])
     for i, box in enumerate(boxes):
-        net = build_net(2 if prior else 1, config["channels"])
+        net = build_net(n_in, config["channels"])
         ck = run_dir / f"special-{i:02d}.pt"
         if not ck.exists():
             net.load_state_dict(generic.state_dict())
-        train_net(net, sampler, config["special_iterations"], config["batch"], config["lr"] * 0.3, prior,
-                  ck, region=box)
+        train_net(net, sampler, config["special_iterations"], config["batch"], config["lr"] * 0.3, ck,
+                  region=box)
     LOGGER.info("done")
 
 
 def load_nets(config: dict):
     run_dir = ROOT / config["run_dir"]
     tpl = load_template()
-    c = 2 if config["prior"] else 1
+    c = len(input_channels(config))
     generic = build_net(c, config["channels"])
     generic.load_state_dict(torch.load(run_dir / "generic.pt", weights_only=True)["net"]); generic.eval()
     boxes = subvolumes(tpl["brain"], tuple(config["grid"]), config["overlap"])
@@ -363,8 +421,20 @@ def evaluate(config: dict, cases: list[dict]) -> list[dict]:
     for case in cases:
         flair = sitk.ReadImage(case["flair"])
         tsi = preprocessing.to_template_space(flair, tpl_img, tpl_mask, threads=2)
-        x = np.stack([tsi.data, tpl["prior"]]) if config["prior"] else tsi.data[None]
         seconds = {k: round(v, 1) for k, v in tsi.seconds.items()}
+        x = [tsi.data]
+        if config.get("t1w"):  # the session's T1w when there is one, else zeros (as in training)
+            t1 = np.zeros_like(tsi.data)
+            if case.get("t1w"):
+                ct = preprocessing.companion_to_template(sitk.ReadImage(case["t1w"]), flair, tsi.transform,
+                                                         tpl_img, tpl_mask, threads=2)
+                t1 = ct.data
+                seconds["t1w_n4"] = round(ct.seconds["n4"], 1)
+                seconds["t1w_coregistration"] = round(ct.seconds["coregistration"], 1)
+            x.append(t1)
+        if config["prior"]:
+            x.append(tpl["prior"])
+        x = np.stack(x)
         t0 = time.perf_counter()
         maps = {"generic": predict_generic(generic, x, tpl["brain"])}
         seconds["generic"] = round(time.perf_counter() - t0, 1)
@@ -424,10 +494,11 @@ def export(config: dict, metrics: list[dict] | None = None) -> Path:
         "weights": "model.safetensors", "sha256": sha256_of(out / "model.safetensors"),
         "weights_dtype": "float16 (stored; loaded into float32 networks)",
         "predictor": "lesion_ensemble",
-        "architecture": architecture(2 if config["prior"] else 1, config["channels"]),
+        "architecture": architecture(len(input_channels(config)), config["channels"]),
         "input": {
             "space": templates.TEMPLATE, "resolution": 1, "orientation": "RAS",
-            "channels": ["FLAIR"] + (["prior:WM probseg >= 0.5"] if config["prior"] else []),
+            "channels": input_channels(config),
+            "optional_channels": {"T1w": "zeros when the session has no T1w"} if config.get("t1w") else {},
             "normalisation": "(x - median) / IQR inside the template brain mask",
             "roi_size": [96, 96, 96],
         },
@@ -581,11 +652,12 @@ def main(argv=None) -> int:
     if args.evaluate:
         d = Path(config["bids_dir"])
         cases = [
-            {"flair": str(d / "sub-ms07/anat/sub-ms07_FLAIR.nii.gz"),
+            {"flair": str(d / "sub-ms07/anat/sub-ms07_FLAIR.nii.gz"), "t1w": str(d / "sub-ms07/anat/sub-ms07_T1w.nii.gz"),
              "labels": [str(d / "derivatives/labels/sub-ms07/anat/sub-ms07_FLAIR_label-lesion_seg.nii.gz")]},
             {"flair": str(d / "sub-isbi03/anat/sub-isbi03_FLAIR.nii.gz"),
              "labels": [str(d / f"derivatives/labels/sub-isbi03/anat/sub-isbi03_FLAIR_label-lesion_desc-rater{r}_seg.nii.gz") for r in (1, 2)]},
-        ] + [{"flair": str(d / f"sub-mslong01/ses-0{s}/anat/sub-mslong01_ses-0{s}_FLAIR.nii.gz"), "labels": []}
+        ] + [{"flair": str(d / f"sub-mslong01/ses-0{s}/anat/sub-mslong01_ses-0{s}_FLAIR.nii.gz"),
+              "t1w": str(d / f"sub-mslong01/ses-0{s}/anat/sub-mslong01_ses-0{s}_T1w.nii.gz"), "labels": []}
              for s in (1, 2)]
         rows = evaluate(config, cases)
         for row in rows:  # what of each evaluation case the run saw: held out only when "none"

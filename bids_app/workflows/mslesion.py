@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
 
 from bids_app.bids import InputImage
 from bids_app.interfaces import DerivativesSink
-from bids_app.lesion_interfaces import BinariseLesions, FromTemplate, MeasureLesions, SegmentLesions, ToTemplate
+from bids_app.inference_meta import read_metadata
+from bids_app.lesion_interfaces import (BinariseLesions, CompanionToTemplate, FromTemplate, MeasureLesions,
+                                      SegmentLesions, ToTemplate)
 from bids_app.tasks import Task
+
+LOGGER = logging.getLogger(__name__)
 
 
 def init_mslesion_wf(
@@ -25,6 +30,7 @@ def init_mslesion_wf(
     omp_nthreads: int = 1,
     level_file: Path | None = None,
     manual_files: Sequence[Path] = (),
+    companions: Mapping[str, InputImage] | None = None,
     name: str = "mslesion_wf",
 ) -> pe.Workflow:
     """Segment the white-matter lesions of one FLAIR and measure the lesion load.
@@ -38,6 +44,11 @@ def init_mslesion_wf(
     and, when ``manual_files`` (manual lesion masks of this image) are given, a validation table
     (``desc-<suffix>validation_morph.tsv``: Dice, lesion-wise precision/recall/F1, volume error per label).
     ``level_file`` is accepted for the common factory signature and unused.
+
+    ``companions["T1w"]``, the session's T1w, is rigidly co-registered to the FLAIR and carried to the
+    template with the FLAIR's affine (node ``t1w_to_template``) when the model has a ``T1w`` input
+    channel (``metadata.json``); it is then listed in every output's ``Sources``. Without a T1w that
+    channel is zeros, as the model saw in training.
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(IdentityInterface(fields=["in_file"]), name="inputnode")
@@ -53,8 +64,13 @@ def init_mslesion_wf(
     if manual_files:
         measure.inputs.manual_files = [str(f) for f in manual_files]
 
+    t1w = (companions or {}).get("T1w")
+    if t1w is not None and "T1w" not in read_metadata(model_dir)["input"]["channels"]:
+        LOGGER.info("%s: the %s model takes no T1w channel; %s is not used", image.relpath, task.model, t1w.relpath)
+        t1w = None
+
     common = dict(output_dir=str(output_dir), source_relpath=image.relpath, source_entities=image.entities,
-                  label=task.label, model=model, version=version)
+                  label=task.label, model=model, version=version, other_sources=[t1w.relpath] if t1w else [])
     ds_probseg = pe.Node(DerivativesSink(suffix="probseg", extra={"Description": PROBSEG_DESCRIPTION}, **common),
                          name="ds_probseg", run_without_submitting=True)
     ds_mask = pe.Node(DerivativesSink(suffix="mask", **common), name="ds_mask", run_without_submitting=True)
@@ -77,6 +93,14 @@ def init_mslesion_wf(
         (measure, ds_lesions, [("lesions_tsv", "in_file"), (("summary", _columns_extra, "lesions"), "extra")]),
         (measure, ds_summary, [("summary_tsv", "in_file"), (("summary", _columns_extra, "summary"), "extra")]),
     ])
+    if t1w is not None:
+        t1w_to_template = pe.Node(CompanionToTemplate(in_file=str(t1w.path), reference=str(image.path),
+                                                      num_threads=omp_nthreads),
+                                  name="t1w_to_template", n_procs=omp_nthreads)
+        workflow.connect([
+            (to_template, t1w_to_template, [("transform_file", "transform_file")]),
+            (t1w_to_template, segment, [("out_file", "t1w_file")]),
+        ])
     if manual_files:
         ds_validation = pe.Node(DerivativesSink(suffix="morph", desc_extra="validation", **common),
                                 name="ds_validation", run_without_submitting=True)

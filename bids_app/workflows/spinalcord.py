@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
@@ -24,6 +24,7 @@ def init_spinalcord_wf(
     omp_nthreads: int = 1,
     level_file: Path | None = None,
     manual_files: Sequence[Path] = (),
+    companions: Mapping[str, InputImage] | None = None,
     name: str = "spinalcord_wf",
 ) -> pe.Workflow:
     """Segment the cord of one image and measure its CSA.
@@ -32,7 +33,8 @@ def init_spinalcord_wf(
     mask (``mask``) and two CSA tables (``morph``: per slice and per level), all under ``output_dir``.
     ``level_file`` (disc labels or a levelled cord mask) enables the per-level table; without it the
     table is per 10 mm slab. ``manual_files`` (manual cord masks of this image; the first is used) add validation
-    columns (Dice, manual CSA).
+    columns (Dice, manual CSA). ``companions`` is accepted for the common factory signature and unused
+    (the cord model takes one image of any contrast).
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(IdentityInterface(fields=["in_file"]), name="inputnode")
