@@ -74,22 +74,29 @@ def bench_image(args: tuple[str, str, dict, str, int]) -> dict:
             DerivativesSink(in_file=table, suffix="morph", desc_extra=extra, **common).run()
         row["write_s"], row["write_peak_mb"] = time.perf_counter() - t0, _peak_mb()
         os.chdir(ROOT)
-    row["total_s"] = sum(row[f"{s}_s"] for s in ("load", "preprocess", "inference", "measure", "write"))
+    row["total_s"] = sum(row[f"{s}_s"] for s in ("load", "preprocess", "t1w", "inference", "measure", "write"))
     return row
 
 
-def bench_lesion_image(args: tuple[str, str, dict, str, int]) -> dict:
-    """Time every stage of the ``mslesion`` workflow on one FLAIR (runs in a fresh process)."""
-    path, relpath, entities, device, threads = args
+def bench_lesion_image(args: tuple[str, str, dict, str, int, str | None]) -> dict:
+    """Time every stage of the ``mslesion`` workflow on one FLAIR (runs in a fresh process).
+
+    ``t1w``: the session's T1w; its N4, co-registration and resampling are the ``t1w`` stage, run
+    only when the model has a T1w channel (as in the workflow)."""
+    path, relpath, entities, device, threads, t1w = args
     import nibabel as nib
     import numpy as np
 
     from bids_app.config import default_models_dir, get_version
     from bids_app.inference_meta import model_reference
     from bids_app.interfaces import DerivativesSink
-    from bids_app.lesion_interfaces import BinariseLesions, FromTemplate, MeasureLesions, SegmentLesions, ToTemplate
+    from bids_app.inference_meta import read_metadata
+    from bids_app.lesion_interfaces import (BinariseLesions, CompanionToTemplate, FromTemplate, MeasureLesions,
+                                            SegmentLesions, ToTemplate)
 
     model_dir = default_models_dir() / "mslesion"
+    if "T1w" not in read_metadata(model_dir)["input"]["channels"]:
+        t1w = None
     row: dict = {"image": Path(path).name}
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
@@ -103,8 +110,15 @@ def bench_lesion_image(args: tuple[str, str, dict, str, int]) -> dict:
         row.update({f"{k}_s": v for k, v in tpl.seconds.items()})  # n4, registration, resampling
 
         t0 = time.perf_counter()
+        extra = {}
+        if t1w:
+            extra["t1w_file"] = CompanionToTemplate(in_file=t1w, reference=path, transform_file=tpl.transform_file,
+                                                    num_threads=threads).run().outputs.out_file
+        row["t1w_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
         prob = SegmentLesions(in_file=tpl.out_file, model_dir=str(model_dir), device=device,
-                              num_threads=threads).run().outputs.out_file
+                              num_threads=threads, **extra).run().outputs.out_file
         row["inference_s"] = time.perf_counter() - t0
         row["inference_peak_mb"] = _peak_mb()
 
@@ -125,7 +139,7 @@ def bench_lesion_image(args: tuple[str, str, dict, str, int]) -> dict:
         row["write_s"] = time.perf_counter() - t0
         row["write_peak_mb"] = _peak_mb()
         os.chdir(ROOT)
-    row["total_s"] = sum(row[f"{s}_s"] for s in ("load", "preprocess", "inference", "measure", "write"))
+    row["total_s"] = sum(row[f"{s}_s"] for s in ("load", "preprocess", "t1w", "inference", "measure", "write"))
     return row
 
 
@@ -153,8 +167,13 @@ def main() -> int:
             bids_dir = make(Path(tempfile.mkdtemp()) / "ds")
     layout = bids.load_layout(bids_dir)
     task = get_task(args.task)
+    def companion(image):
+        found = bids.find_companion(layout, image, task.companions["T1w"]) if "T1w" in task.companions else None
+        return str(found.path) if found else None
+
+    images = [i for subject in bids.participants(layout) for i in bids.collect_inputs(layout, task, subject)]
     jobs = [(str(i.path), i.relpath, i.entities, args.device, args.threads)
-            for subject in bids.participants(layout) for i in bids.collect_inputs(layout, task, subject)]
+            + ((companion(i),) if args.task == "mslesion" else ()) for i in images]
     context = mp.get_context("spawn")
     rows = []
     bench = bench_lesion_image if args.task == "mslesion" else bench_image
@@ -163,7 +182,7 @@ def main() -> int:
             rows.append(pool.map(bench, [job])[0])
     stages = ("load", "preprocess", "inference", "measure", "write")
     if args.task == "mslesion":
-        stages = ("load", "n4", "registration", "resampling", "inference", "measure", "write")
+        stages = ("load", "n4", "registration", "resampling", "t1w", "inference", "measure", "write")
     header = f"{'image':40s} " + " ".join(f"{s:>10s}" for s in stages) + f" {'total':>8s} {'peak MB':>8s}"
     print(f"neuroseg participant level, task {args.task}, {args.device}, {args.threads} threads, dataset {bids_dir}")
     print(header)

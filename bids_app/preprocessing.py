@@ -630,6 +630,20 @@ def rough_brain_mask(image: sitk.Image, erosion_mm: float = 8.0, dilation_mm: fl
     return mask
 
 
+def _bias_corrected(image: sitk.Image, bias_correction: bool, seconds: dict) -> sitk.Image:
+    """N4 (one thread) or a float32 cast; the wall time goes to ``seconds["n4"]``."""
+    import time
+
+    t0 = time.perf_counter()
+    if bias_correction:
+        # One thread: N4 is reproducible for a given thread count but not across counts.
+        image, _ = n4_bias_correction(image, threads=1)
+    else:
+        image = sitk.Cast(image, sitk.sitkFloat32)
+    seconds["n4"] = time.perf_counter() - t0
+    return image
+
+
 def to_template_space(
     image: sitk.Image,
     template: sitk.Image,
@@ -658,13 +672,7 @@ def to_template_space(
     import time
 
     seconds = {}
-    t0 = time.perf_counter()
-    if bias_correction:
-        # One thread here too: N4 is reproducible for a given thread count but not across counts.
-        image, _ = n4_bias_correction(image, threads=1)
-    else:
-        image = sitk.Cast(image, sitk.sitkFloat32)
-    seconds["n4"] = time.perf_counter() - t0
+    image = _bias_corrected(image, bias_correction, seconds)
 
     t0 = time.perf_counter()
     coarse = _coarse_grid(template, registration_spacing)
@@ -728,17 +736,19 @@ def companion_to_template(
     import time
 
     seconds = {}
-    t0 = time.perf_counter()
-    if bias_correction:
-        image, _ = n4_bias_correction(image, threads=1)
-    else:
-        image = sitk.Cast(image, sitk.sitkFloat32)
-    seconds["n4"] = time.perf_counter() - t0
+    image = _bias_corrected(image, bias_correction, seconds)
 
     t0 = time.perf_counter()
     fixed = sitk.Cast(flair, sitk.sitkFloat32)
     fixed_mask = rough_brain_mask(fixed)
-    rigid = rigid_register(image, fixed, fixed_mask=fixed_mask, sampling=0.25, threads=1, initial="header")
+    try:
+        rigid = rigid_register(image, fixed, fixed_mask=fixed_mask, sampling=0.25, threads=1, initial="header")
+    except RuntimeError as exc:  # e.g. ITK's "All samples map outside moving image buffer" for a small field of view
+        LOGGER.warning("co-registration failed (%s); keeping the scanner (header) alignment",
+                       str(exc).strip().splitlines()[-1][:200])
+        start = sitk.CenteredTransformInitializer(fixed, sitk.Cast(image, sitk.sitkFloat32), sitk.Euler3DTransform(),
+                                                  sitk.CenteredTransformInitializerFilter.GEOMETRY)
+        rigid = sitk.Euler3DTransform(start.GetCenter())
     shift = _max_displacement(rigid, fixed_mask)
     if shift > max_shift_mm:
         LOGGER.warning("co-registration moved the brain by up to %.1f mm (> %.1f mm): implausible within one "

@@ -529,15 +529,39 @@ def _table(rows: list[dict], run: bool = False) -> str:
     return "\n".join(lines)
 
 
+def run_metrics(config_path: str) -> list[dict]:
+    """The evaluation rows of a run: its ``run_dir/metrics.json``, else the newest committed copy
+    ``training/results/<config stem>_<date>.json`` (run folders are not committed)."""
+    cfg = json.loads((ROOT / config_path).read_text())
+    live = ROOT / cfg["run_dir"] / "metrics.json"
+    if live.is_file():
+        return json.loads(live.read_text())
+    copies = sorted((ROOT / "training" / "results").glob(f"{Path(config_path).stem}_20*.json"))
+    if not copies:
+        raise SystemExit(f"no metrics for {config_path}: run it with --evaluate first")
+    return json.loads(copies[-1].read_text())
+
+
 def _fold_rows(card: dict, key: str) -> list[dict]:
     """Held-out rows (``seen_in_training == "none"``) of the runs listed under ``card[key]``."""
     rows = []
     for path in card.get(key, []):
-        cfg = json.loads((ROOT / path).read_text())
-        for r in json.loads((ROOT / cfg["run_dir"] / "metrics.json").read_text()):
+        for r in run_metrics(path):
             if r.get("seen_in_training") == "none":
                 rows.append({**r, "run": Path(path).stem})
     return rows
+
+
+def _t1w_recipe(config: dict) -> str:
+    """The card's line on the T1w channel (empty without one)."""
+    if not config.get("t1w"):
+        return ""
+    images = list(config["real_canvases"]) + list(config.get("labelled_canvases", {}))
+    with_t1 = [Path(c).name for c in images if companion_path(Path(config["bids_dir"]) / c)]
+    return (f"- T1w channel: the real canvases with a T1w in their session ({', '.join(with_t1) or 'none'}) bring it, "
+            "co-registered to their FLAIR; the others give zeros; synthetic canvases get a T1w from the template T1w "
+            "with random CSF < GM < WM contrasts; pasted lesions are 0 to 1.5 IQR darker on the T1w; the channel is "
+            f"zeroed in {int(100 * config.get('t1w_dropout', 0.3))} % of patches.\n")
 
 
 def write_card(config: dict, rows: list[dict]) -> Path:
@@ -564,7 +588,8 @@ UNets (channels {config['channels']}, one residual unit per level, one output ch
 specialists' maps are fused by a weighted mean with a cosine taper. The app runs the ensemble.
 
 Inputs: the FLAIR after N4, affine registration to the template and `(x - median) / IQR` inside the
-template brain mask{'; second channel: the template white-matter mask (WM probability >= 0.5), the "global binary mask" prior (Hertel et al.)' if config['prior'] else ''}.
+template brain mask{'; the T1w of the same session, rigidly co-registered to the FLAIR and normalised the same way (zeros when the session has none; in training zeros in ' + str(int(100 * config.get('t1w_dropout', 0.3))) + ' % of patches so that one model serves both)' if config.get('t1w') else ''}{'; the template white-matter mask (WM probability >= 0.5), the "global binary mask" prior (Hertel et al.)' if config['prior'] else ''}.
+Channels, in order: {', '.join(meta['input']['channels'])}.
 Output: lesion probability inside the template WM dilated by {config['search_dilation_mm']} mm, resampled to the FLAIR
 grid, thresholded at {meta['output']['threshold']}; lesions smaller than {meta['output']['min_lesion_mm3']} mm^3 are dropped.
 
@@ -580,7 +605,7 @@ grid, thresholded at {meta['output']['threshold']}; lesions smaller than {meta['
     a soft target, carried to the template) are targets; half of their patches keep only the real lesions;
   - synthetic FLAIRs from the template tissue maps with random contrasts; {int(100 * config.get('synthetic_t1_fraction', 0))} % of them
     take their contrast from the template T1w (sharp 1 mm cortex).
-- Image-quality augmentation: blur, thick slices (2-6 mm), k-space ghosting and motion, noise, bias field, gamma.
+{_t1w_recipe(config)}- Image-quality augmentation: blur, thick slices (2-6 mm), k-space ghosting and motion, noise, bias field, gamma.
 - Loss BCE + soft Dice; patches {config['patch']}^3, batch {config['batch']}, AdamW lr {config['lr']} with cosine decay;
   generic {config['generic_iterations']} iterations, each specialist {config['special_iterations']} at 0.3x lr;
   {config.get('threads', 2)} CPU threads, no GPU.
