@@ -411,10 +411,20 @@ def load_nets(config: dict):
     return tpl, generic, nets, boxes
 
 
-def evaluate(config: dict, cases: list[dict]) -> list[dict]:
-    """Dice and lesion-wise F1 on the native FLAIR grid of labelled real cases (2 CPU threads)."""
+def load_exported(config: dict):
+    """Like :func:`load_nets`, from the exported ``export_dir`` (hash-checked safetensors) instead of
+    the run's checkpoints: what the app runs."""
+    from bids_app.lesion_model import load_ensemble
+
+    _, generic, nets, boxes = load_ensemble(ROOT / config["export_dir"])
+    return load_template(), generic, nets, boxes
+
+
+def evaluate(config: dict, cases: list[dict], exported: bool = False) -> list[dict]:
+    """Dice and lesion-wise F1 on the native FLAIR grid of labelled real cases (2 CPU threads), of the
+    run's checkpoints or (``exported``) of the exported model."""
     torch.set_num_threads(2)
-    tpl, generic, nets, boxes = load_nets(config)
+    tpl, generic, nets, boxes = load_exported(config) if exported else load_nets(config)
     tpl_img = sitk.ReadImage(str(templates.get_template_file("T1w")))
     tpl_mask = sitk.ReadImage(str(templates.get_template_file("mask", desc="brain")))
     rows = []
@@ -620,9 +630,14 @@ other, which that run never saw (neither image nor labels). These are the honest
 
 {_table(held_out, run=True) if held_out else 'not measured'}
 
-### Ablation: the same folds without the prior channel
+### Ablations: the same folds with one ingredient changed
+
+The run name says which: `_noprior` without the prior channel, `_t1w` with the session's T1w as an
+extra channel (`sub-isbi03` has no T1w: that channel is zeros there).
 
 {_table(ablation, run=True) if ablation else 'not measured'}
+
+{chr(10).join(chr(10) + n for n in card.get('notes', [])).strip()}
 
 ### The shipped model (trained with both labelled cases: in-sample, optimistic)
 
@@ -664,6 +679,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.mslesion")
     ap.add_argument("config", type=Path)
     ap.add_argument("--evaluate", action="store_true")
+    ap.add_argument("--exported", action="store_true",
+                    help="with --evaluate: evaluate the exported model (export_dir) and store the rows in its "
+                         "metadata.json, for when the run folder is gone")
     ap.add_argument("--card", action="store_true", help="write the model card from metrics.json")
     ap.add_argument("--export", action="store_true", help="write models/mslesion from the run (with its metrics.json)")
     args = ap.parse_args(argv)
@@ -684,18 +702,28 @@ def main(argv=None) -> int:
         ] + [{"flair": str(d / f"sub-mslong01/ses-0{s}/anat/sub-mslong01_ses-0{s}_FLAIR.nii.gz"),
               "t1w": str(d / f"sub-mslong01/ses-0{s}/anat/sub-mslong01_ses-0{s}_T1w.nii.gz"), "labels": []}
              for s in (1, 2)]
-        rows = evaluate(config, cases)
+        rows = evaluate(config, cases, exported=args.exported)
         for row in rows:  # what of each evaluation case the run saw: held out only when "none"
             if "dice" in row:
                 image = next(c for c in cases if Path(c["flair"]).name.split("_")[0] == row["case"].split("_")[0])
                 rel = str(Path(image["flair"]).relative_to(d))
                 row["seen_in_training"] = ("image+labels" if rel in config.get("labelled_canvases", {})
                                            else "image" if rel in config["real_canvases"] else "none")
+        if args.exported:  # the weights (and their sha256) stay as they are
+            meta_file = ROOT / config["export_dir"] / "metadata.json"
+            meta = json.loads(meta_file.read_text())
+            meta["metrics"] = rows
+            meta_file.write_text(json.dumps(meta, indent=2) + "\n")
+            return 0
         out = ROOT / config["run_dir"] / "metrics.json"
         out.write_text(json.dumps(rows, indent=1))
         return 0
     if args.card:
-        write_card(config, json.loads((ROOT / config["run_dir"] / "metrics.json").read_text()))
+        live = ROOT / config["run_dir"] / "metrics.json"
+        # Without the run folder (not committed), the rows stored in the exported metadata at --export.
+        rows = json.loads(live.read_text()) if live.is_file() else \
+            json.loads((ROOT / config["export_dir"] / "metadata.json").read_text()).get("metrics", [])
+        write_card(config, rows)
         return 0
     run(config)
     return 0
