@@ -110,3 +110,39 @@ def test_the_t1w_is_coregistered_to_the_flair_and_lands_on_the_template(tmp_path
         d = np.sqrt(((xyz - np.reshape(centre, (3, 1, 1, 1))) ** 2).sum(0))
         core, shell = data[d <= radius - 1.5], data[(d > radius + 2) & (d <= radius + 4)]
         assert np.median(core) < np.median(shell) - 0.5  # hypointense lesion where the truth puts it
+
+
+def test_a_model_with_a_t1w_channel_gets_the_coregistered_t1w(tmp_path):
+    """With a model whose metadata lists a T1w channel, the workflow adds ``t1w_to_template``, feeds the
+    network three channels and names the T1w in the outputs' ``Sources``. The model is a small
+    random ensemble: this checks the wiring, not accuracy."""
+    import torch
+    from safetensors.torch import save_file
+
+    from bids_app import lesion_model
+    from bids_app.inference import sha256_of
+
+    meta = read_metadata(default_models_dir() / "mslesion")
+    channels = (4, 8, 16, 32)
+    torch.manual_seed(0)
+    nets = [lesion_model.build_net(3, channels) for _ in range(len(meta["ensemble"]["boxes"]) + 1)]
+    tensors = {f"generic.{k}": v for k, v in nets[0].state_dict().items()}
+    for i, n in enumerate(nets[1:]):
+        tensors.update({f"special.{i:02d}.{k}": v for k, v in n.state_dict().items()})
+    folder = tmp_path / "models" / "mslesion"
+    folder.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"))
+    meta.update(sha256=sha256_of(folder / "model.safetensors"), architecture=lesion_model.architecture(3, channels))
+    meta["input"]["channels"] = ["FLAIR", "T1w", "prior:WM probseg >= 0.5"]
+    meta.pop("metrics", None)
+    (folder / "metadata.json").write_text(json.dumps(meta))
+
+    bids = make_lesion_dataset(tmp_path / "ds")
+    out, work = tmp_path / "out", tmp_path / "work"
+    code = main([str(bids), str(out), "participant", "--tasks", "mslesion", "--device", "cpu", "--nprocs", "2",
+                 "-w", str(work), "--models-dir", str(tmp_path / "models")])
+    assert code == 0
+    assert list(work.rglob("t1w_to_template/*_space-template.nii.gz"))
+    sidecar = json.loads((out / "sub-01" / "anat" / "sub-01_label-lesion_desc-FLAIR_probseg.json").read_text())
+    assert sidecar["Sources"] == ["bids:raw:sub-01/anat/sub-01_FLAIR.nii.gz", "bids:raw:sub-01/anat/sub-01_T1w.nii.gz"]
+    assert sidecar["Model"]["SHA256"] == meta["sha256"]
