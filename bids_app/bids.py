@@ -80,9 +80,13 @@ def collect_inputs(layout, task: Task, subject: str, sessions: tuple[str, ...] =
     if sessions:
         query["session"] = list(sessions)
     files = layout.get(subject=subject, return_type="object", **query)
-    root = Path(layout.root)
-    return [InputImage(path=Path(f.path), relpath=str(Path(f.path).relative_to(root)), entities=dict(f.get_entities()))
-            for f in sorted(files, key=lambda f: f.path)]
+    return [_input_image(layout, f) for f in sorted(files, key=lambda f: f.path)]
+
+
+def _input_image(layout, f) -> InputImage:
+    """A pybids file object as an :class:`InputImage` of ``layout``."""
+    return InputImage(path=Path(f.path), relpath=str(Path(f.path).relative_to(layout.root)),
+                      entities=dict(f.get_entities()))
 
 
 def find_companion(layout, image: InputImage, query: dict) -> InputImage | None:
@@ -94,11 +98,7 @@ def find_companion(layout, image: InputImage, query: dict) -> InputImage | None:
                 "session": image.entities.get("session", Query.NONE), "ceagent": Query.NONE}
     files = sorted(layout.get(return_type="object", **{**dict(query), **entities}), key=lambda f: f.path)
     files = [f for f in files if Path(f.path) != image.path]
-    if not files:
-        return None
-    root = Path(layout.root)
-    return InputImage(path=Path(files[0].path), relpath=str(Path(files[0].path).relative_to(root)),
-                      entities=dict(files[0].get_entities()))
+    return _input_image(layout, files[0]) if files else None
 
 
 def task_filters(bids_filters: dict, task_name: str) -> dict:

@@ -147,7 +147,7 @@ def lesion_probability(model, image: np.ndarray, wm: np.ndarray, brain: np.ndarr
     channel, which is zeros without one (as the model saw in training), ignored otherwise.
     """
     metadata, generic, specialists, boxes = model
-    x = np.stack([_channel(name, image, wm, t1w) for name in metadata["input"]["channels"]])
+    x = np.stack([input_channel(name, image, wm, t1w) for name in metadata["input"]["channels"]])
     if member == "ensemble":
         prob = predict_ensemble(specialists, boxes, x, brain)
     elif member == "generic":
@@ -158,8 +158,8 @@ def lesion_probability(model, image: np.ndarray, wm: np.ndarray, brain: np.ndarr
     return prob * search_region(wm, region["template_wm_threshold"], region["dilation_mm"])
 
 
-def _channel(name: str, image: np.ndarray, wm: np.ndarray, t1w: np.ndarray | None) -> np.ndarray:
-    """One input channel ``(X, Y, Z)`` float32 by its metadata name."""
+def input_channel(name: str, image: np.ndarray, wm: np.ndarray, t1w: np.ndarray | None) -> np.ndarray:
+    """One input channel ``(X, Y, Z)`` float32 by its metadata name (training assembles them the same way)."""
     if name == "FLAIR":
         return np.asarray(image, np.float32)
     if name == "T1w":

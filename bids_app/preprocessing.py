@@ -746,14 +746,12 @@ def companion_to_template(
     except RuntimeError as exc:  # e.g. ITK's "All samples map outside moving image buffer" for a small field of view
         LOGGER.warning("co-registration failed (%s); keeping the scanner (header) alignment",
                        str(exc).strip().splitlines()[-1][:200])
-        start = sitk.CenteredTransformInitializer(fixed, sitk.Cast(image, sitk.sitkFloat32), sitk.Euler3DTransform(),
-                                                  sitk.CenteredTransformInitializerFilter.GEOMETRY)
-        rigid = sitk.Euler3DTransform(start.GetCenter())
+        rigid = sitk.Euler3DTransform()  # identity: the header alignment
     shift = _max_displacement(rigid, fixed_mask)
     if shift > max_shift_mm:
         LOGGER.warning("co-registration moved the brain by up to %.1f mm (> %.1f mm): implausible within one "
                        "session, keeping the scanner (header) alignment instead", shift, max_shift_mm)
-        rigid = sitk.Euler3DTransform(rigid.GetCenter())
+        rigid = sitk.Euler3DTransform()
     seconds["coregistration"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

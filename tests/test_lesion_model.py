@@ -114,12 +114,12 @@ def test_input_channels_by_name():
     image = np.full((4, 5, 6), 2.0, np.float32)
     wm = np.zeros((4, 5, 6), np.float32)
     wm[1:3] = 0.7
-    assert (M._channel("FLAIR", image, wm, None) == 2.0).all()
-    assert not M._channel("T1w", image, wm, None).any()  # no T1w: zeros, as in training
+    assert (M.input_channel("FLAIR", image, wm, None) == 2.0).all()
+    assert not M.input_channel("T1w", image, wm, None).any()  # no T1w: zeros, as in training
     t1 = np.ones_like(image)
-    assert (M._channel("T1w", image, wm, t1) == 1).all()
-    prior = M._channel("prior:WM probseg >= 0.5", image, wm, t1)
+    assert (M.input_channel("T1w", image, wm, t1) == 1).all()
+    prior = M.input_channel("prior:WM probseg >= 0.5", image, wm, t1)
     assert prior.dtype == np.float32 and prior.sum() == 2 * 5 * 6
-    assert not M._channel("prior:WM probseg >= 0.8", image, wm, t1).any()
+    assert not M.input_channel("prior:WM probseg >= 0.8", image, wm, t1).any()
     with pytest.raises(ValueError, match="cannot"):
-        M._channel("T2w", image, wm, t1)
+        M.input_channel("T2w", image, wm, t1)

@@ -47,7 +47,7 @@ from scipy import ndimage
 
 from bids_app import lesions, preprocessing, templates
 from bids_app.lesion_model import (  # noqa: F401
-    brain_bbox, build_net, predict_ensemble, predict_generic, search_region, subvolumes)
+    brain_bbox, build_net, input_channel, predict_ensemble, predict_generic, search_region, subvolumes)
 
 LOGGER = logging.getLogger("training.mslesion")
 ROOT = Path(__file__).resolve().parents[1]
@@ -432,19 +432,14 @@ def evaluate(config: dict, cases: list[dict], exported: bool = False) -> list[di
         flair = sitk.ReadImage(case["flair"])
         tsi = preprocessing.to_template_space(flair, tpl_img, tpl_mask, threads=2)
         seconds = {k: round(v, 1) for k, v in tsi.seconds.items()}
-        x = [tsi.data]
-        if config.get("t1w"):  # the session's T1w when there is one, else zeros (as in training)
-            t1 = np.zeros_like(tsi.data)
-            if case.get("t1w"):
-                ct = preprocessing.companion_to_template(sitk.ReadImage(case["t1w"]), flair, tsi.transform,
-                                                         tpl_img, tpl_mask, threads=2)
-                t1 = ct.data
-                seconds["t1w_n4"] = round(ct.seconds["n4"], 1)
-                seconds["t1w_coregistration"] = round(ct.seconds["coregistration"], 1)
-            x.append(t1)
-        if config["prior"]:
-            x.append(tpl["prior"])
-        x = np.stack(x)
+        t1, t1_path = None, companion_path(Path(case["flair"])) if config.get("t1w") else None
+        if t1_path:  # the session's T1w; without one the channel is zeros (as in training and in the app)
+            ct = preprocessing.companion_to_template(sitk.ReadImage(str(t1_path)), flair, tsi.transform,
+                                                     tpl_img, tpl_mask, threads=2)
+            t1 = ct.data
+            seconds["t1w_n4"] = round(ct.seconds["n4"], 1)
+            seconds["t1w_coregistration"] = round(ct.seconds["coregistration"], 1)
+        x = np.stack([input_channel(name, tsi.data, tpl["wm"], t1) for name in input_channels(config)])
         t0 = time.perf_counter()
         maps = {"generic": predict_generic(generic, x, tpl["brain"])}
         seconds["generic"] = round(time.perf_counter() - t0, 1)
@@ -696,12 +691,11 @@ def main(argv=None) -> int:
     if args.evaluate:
         d = Path(config["bids_dir"])
         cases = [
-            {"flair": str(d / "sub-ms07/anat/sub-ms07_FLAIR.nii.gz"), "t1w": str(d / "sub-ms07/anat/sub-ms07_T1w.nii.gz"),
+            {"flair": str(d / "sub-ms07/anat/sub-ms07_FLAIR.nii.gz"),
              "labels": [str(d / "derivatives/labels/sub-ms07/anat/sub-ms07_FLAIR_label-lesion_seg.nii.gz")]},
             {"flair": str(d / "sub-isbi03/anat/sub-isbi03_FLAIR.nii.gz"),
              "labels": [str(d / f"derivatives/labels/sub-isbi03/anat/sub-isbi03_FLAIR_label-lesion_desc-rater{r}_seg.nii.gz") for r in (1, 2)]},
-        ] + [{"flair": str(d / f"sub-mslong01/ses-0{s}/anat/sub-mslong01_ses-0{s}_FLAIR.nii.gz"),
-              "t1w": str(d / f"sub-mslong01/ses-0{s}/anat/sub-mslong01_ses-0{s}_T1w.nii.gz"), "labels": []}
+        ] + [{"flair": str(d / f"sub-mslong01/ses-0{s}/anat/sub-mslong01_ses-0{s}_FLAIR.nii.gz"), "labels": []}
              for s in (1, 2)]
         rows = evaluate(config, cases, exported=args.exported)
         for row in rows:  # what of each evaluation case the run saw: held out only when "none"

@@ -51,12 +51,13 @@ def init_single_subject_wf(config: Config, layout, subject: str) -> pe.Workflow 
                       for key, query in task.label_queries.items() if key != "manual"}
             manual = bids.find_manual_labels(config.labels_dir, image, task.label_queries["manual"]) \
                 if "manual" in task.label_queries else []
-            companions = {key: bids.find_companion(layout, image, query) for key, query in task.companions.items()}
+            companions = {key: found for key, query in task.companions.items()
+                          if (found := bids.find_companion(layout, image, query)) is not None}
             task_wf = init_task_wf(
                 task=task, image=image, output_dir=config.output_dir, model_dir=model_dir,
                 model=model_reference(model_dir), version=config.version, device=config.device,
                 omp_nthreads=config.omp_nthreads, level_file=labels.get("levels") or labels.get("discs"),
-                manual_files=manual, companions={k: v for k, v in companions.items() if v is not None},
+                manual_files=manual, companions=companions,
                 name=f"{task_name}_{_safe(image.stem)}_wf",
             )
             workflow.add_nodes([task_wf])
