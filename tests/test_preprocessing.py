@@ -327,7 +327,8 @@ def test_normalise_intensity_bad_input():
 
 # ---------------------------------------------------------------------------- skull and pipeline
 def _head(n: int = 64, scale: float = 1.0):
-    """The phantom brain inside a 3 mm dark "CSF" gap and a 4 mm bright "skull/scalp" shell.
+    """The phantom brain inside a 6 mm dark "CSF + skull" gap and a 4 mm bright "scalp" shell (an adult
+    head has 5-10 mm of dark skull and CSF around the brain on FLAIR; thinner gaps vanish in 4 mm slices).
 
     ``scale`` shrinks the voxel coordinates (so 2.0 draws a brain twice as large on the same n).
     Returns (image, brain mask) on a 1 mm grid centred on (0, 0, 0) mm."""
@@ -338,7 +339,7 @@ def _head(n: int = 64, scale: float = 1.0):
     vent = ((x - 4) / 8) ** 2 + ((y + 2) / 5) ** 2 + ((z - 2) / 6) ** 2 <= 1
     blob = ((x + 9) / 4) ** 2 + ((y - 7) / 4) ** 2 + ((z + 5) / 3) ** 2 <= 1
     # gap and shell in mm whatever the scale
-    g, t = 3.0 / scale, 4.0 / scale
+    g, t = 6.0 / scale, 4.0 / scale
     shell = ell(19 + g + t, 16 + g + t, 14 + g + t) & ~ell(19 + g, 16 + g, 14 + g)
     arr = np.where(ell(19 + g, 16 + g, 14 + g), 10.0, 0.0).astype(np.float32)
     arr[shell] = 220
@@ -349,17 +350,20 @@ def _head(n: int = 64, scale: float = 1.0):
     return sitk.SmoothingRecursiveGaussian(_to_sitk(arr, origin=origin), 0.7), _to_sitk(brain.astype(np.uint8), origin=origin)
 
 
-def test_rough_brain_mask_drops_the_skull():
-    head, brain = _head()
-    mask = P.rough_brain_mask(head)  # erosion 8 mm removes the 4 mm shell, dilation 4 mm restores the brain
+def test_brain_mask_drops_the_skull_and_keeps_the_brain():
+    head, brain = _head(112, scale=2.6)  # an adult-sized brain (99 x 83 x 73 mm)
+    mask = P.brain_mask(head)  # the 3 mm dark gap separates the brain from the 4 mm bright shell
     m, b = _ijk(mask) > 0, _ijk(brain) > 0
     shell = _ijk(head) > 180
     assert mask.GetSize() == head.GetSize() and mask.GetPixelID() == sitk.sitkUInt8
-    assert (m & shell).sum() == 0  # no skull voxel survives (measured: 0)
-    assert (m & b).sum() / b.sum() > 0.97  # the brain does (measured: 1.0)
-    # a thinner erosion than the shell leaves part of it: the parameter does what it says
-    thin = _ijk(P.rough_brain_mask(head, erosion_mm=6.0, dilation_mm=3.0)) > 0
-    assert (thin & shell).sum() > 0
+    assert (m & shell).sum() == 0  # no skull voxel survives
+    assert (m & b).sum() / b.sum() > 0.97  # the brain does, dark ventricle included (measured: 0.993)
+    assert (m & ~b).sum() / b.sum() < 0.05  # and nothing else (measured: 0.0)
+    # an already skull-stripped image: the mask is the brain, not a shrunken core of it
+    stripped = _ijk(P.brain_mask(sitk.Mask(head, brain))) > 0
+    assert 2 * (stripped & b).sum() / (stripped.sum() + b.sum()) > 0.97  # measured: 0.9999
+    with pytest.raises(ValueError, match="opening_mm"):
+        P.brain_mask(head, opening_mm=0)
 
 
 def test_to_template_space_on_oblique_thick_slice_head():
@@ -383,7 +387,10 @@ def test_to_template_space_on_oblique_thick_slice_head():
     assert set(out.seconds) == {"n4", "registration", "resampling"}
     labels = sitk.Cast(brain, sitk.sitkUInt8)
     errors = _point_errors(out.transform, true, labels)
-    assert errors.mean() < 1.5 and errors.max() < 3.0  # measured: mean 0.89, max 2.0 mm (scale 1.102 vs 1.08)
+    # measured: mean 1.62 mm, scale right (1.074 vs 1.08), a residual ~3 degree rotation. (Mutual
+    # information against the T1w template did better here, 0.89 mm, but inflated every real
+    # bids-dev FLAIR by 7-40 %; this phantom's T1w-like contrast is its best case.)
+    assert errors.mean() < 2.0 and errors.max() < 4.0
     # Reproducible whatever ``threads`` says: the registration always runs on one thread.
     again = P.to_template_space(biased, template, brain, threads=2)
     assert again.transform.GetParameters() == out.transform.GetParameters()
@@ -419,7 +426,7 @@ def test_companion_t1w_lands_on_the_template_through_its_flair():
     chain.AddTransform(out.transform)
     chain.AddTransform(fl.transform)
     errors = _point_errors(chain, truth, sitk.Cast(brain, sitk.sitkUInt8))
-    assert errors.mean() < 2.0 and errors.max() < 4.0  # measured: mean 1.16, max 2.28 mm (mostly the affine part)
+    assert errors.mean() < 2.0 and errors.max() < 4.0  # measured: mean 1.26 mm (mostly the affine part)
     # the ventricle is dark on the template grid, where the template has it
     vent = (_ijk(template) > 20) & (_ijk(template) < 45)
     tissue = _ijk(template) > 90

@@ -133,3 +133,26 @@ def test_input_channels_follow_the_config():
     assert T.input_channels({"prior": True}) == ["FLAIR", T.PRIOR_CHANNEL]
     assert T.input_channels({"prior": True, "t1w": True}) == ["FLAIR", "T1w", T.PRIOR_CHANNEL]
     assert T.input_channels({"prior": False}) == ["FLAIR"]
+
+
+def test_normal_white_matter_hyperintensity_is_bright_but_not_a_lesion():
+    """``normal_hyper``: white matter gets brighter (a negative example), the target stays empty."""
+    tpl = _template()
+    none = np.zeros(tpl["brain"].shape, bool)
+    plain = T.Sampler(tpl, [none], [], patch=40, real_fraction=0.0, seed=4)
+    hyper = T.Sampler(tpl, [none], [], patch=40, real_fraction=0.0, seed=4, normal_hyper=1.0)
+    box = tuple(slice(0, 40) for _ in range(3))
+    added = np.stack([hyper._normal_hyperintensity(box) for _ in range(20)])
+    assert (added >= 0).all() and added.max() <= 2.4 + 1e-6  # at most 1.2 (field) + 1.2 (rim) IQR
+    assert added[:, tpl["wm"] == 0].max() <= 1.2 + 1e-6  # the diffuse part stays in white matter
+    assert added.max(axis=(1, 2, 3)).min() > 0.2  # every draw brightens something
+    means = {}
+    for name, s in (("plain", plain), ("hyper", hyper)):
+        s._ellipsoids = lambda wm: np.zeros(wm.shape, bool)  # no random lesions: only the brightening differs
+        wm_means = []
+        for _ in range(10):
+            (img, _), target, _ = s.sample()
+            assert target.sum() == 0  # brightening never makes a lesion
+            wm_means.append(img.mean())
+        means[name] = np.mean(wm_means)
+    assert means["hyper"] > means["plain"]  # the whole template fits in a 40 voxel patch: same tissue

@@ -142,13 +142,26 @@ class Sampler:
     probability ``t1w_dropout`` anyway, so that one model serves sessions with and without a T1w);
     with ``prior`` the global binary mask. Pasted lesions are hyperintense on the FLAIR and iso- to
     hypointense on the T1w (``-U(*t1w_contrast)`` IQR, default 0 to 1.5: from isointense to "black holes").
+
+    With probability ``normal_hyper`` a patch also gets the FLAIR hyperintensities of normal-appearing
+    white matter, which are *not* lesions (the target is unchanged): diffuse, smooth brightening
+    (Gaussian random field, 3-8 mm correlation, up to ``U(0.3, 1.2)`` IQR; bright tracts, "dirty"
+    white matter) and a thin periventricular rim (white matter within 2 mm of CSF, ``U(0.4, 1.2)``
+    IQR; ependymal caps and bands). Pasted lesions are at least ``contrast[0]`` IQR above their
+    surroundings, so the difference the network must learn is focal, local contrast, not absolute
+    brightness. (A 1 mm FLAIR's bright normal white matter, ~1-1.5 IQR above the brain median, was
+    where the held-out ``sub-ms07`` false positives lay.)
     """
 
     def __init__(self, tpl, lesion_masks, canvases, patch: int, real_fraction: float, seed: int,
                  contrast=(0.6, 4.0), lesion_wm: float = 0.0, labelled_weight: float = 1.0,
                  t1_fraction: float = 0.0, prior: bool = True, t1w: bool = False, t1w_dropout: float = 0.3,
-                 t1w_contrast=(0.0, 1.5)):
+                 t1w_contrast=(0.0, 1.5), normal_hyper: float = 0.0):
         self.tpl, self.masks, self.canvases = tpl, lesion_masks, canvases
+        self.normal_hyper = float(normal_hyper)
+        if self.normal_hyper > 0:
+            csf = tpl["brain"] & (1 - tpl["wm"] - tpl["gm"] > 0.5)
+            self.rim = (ndimage.binary_dilation(csf, iterations=2) & ~csf & (tpl["wm"] > 0.3)).astype(np.float32)
         self.prior, self.t1w, self.t1w_dropout = bool(prior), bool(t1w), float(t1w_dropout)
         self.t1w_contrast = tuple(t1w_contrast)
         self.t1_fraction = float(t1_fraction)
@@ -207,6 +220,8 @@ class Sampler:
                 target = np.maximum(les, canvas["label"][box])
         else:
             img, t1 = self._synthetic(box)
+        if rng.random() < self.normal_hyper:
+            img = img + self._normal_hyperintensity(box)
         soft = ndimage.gaussian_filter(les.astype(np.float32), 0.6)
         img = img + rng.uniform(*self.contrast) * soft * (1 + 0.3 * rng.standard_normal(img.shape).astype(np.float32))
         img = augment(img, tpl["brain"][box], rng)
@@ -247,6 +262,18 @@ class Sampler:
             r = rng.uniform(0.9, 2.6, 3)
             out |= (((g - c.reshape(3, 1, 1, 1)) / r.reshape(3, 1, 1, 1)) ** 2).sum(0) <= 1
         return out
+
+    def _normal_hyperintensity(self, box) -> np.ndarray:
+        """Non-lesional FLAIR brightening of white matter for one patch, in IQR (see the class docstring)."""
+        rng, wm = self.rng, self.tpl["wm"][box]
+        field = ndimage.gaussian_filter(rng.standard_normal(wm.shape).astype(np.float32), rng.uniform(3.0, 8.0))
+        field = np.clip(field, 0, None)
+        inside = field[wm > 0.5]
+        peak = float(inside.max()) if inside.size and inside.max() > 0 else float(field.max())
+        out = rng.uniform(0.3, 1.2) * np.minimum(field / max(peak, 1e-6), 1.0) * wm  # peaks in white matter
+        if rng.random() < 0.5:
+            out += rng.uniform(0.4, 1.2) * ndimage.gaussian_filter(self.rim[box], 0.7)
+        return out.astype(np.float32)
 
     def _synthetic(self, box):
         """A synthetic FLAIR patch and, with ``t1w``, the matching T1w patch (else ``None``)."""
@@ -380,7 +407,8 @@ def run(config: dict) -> None:
     sampler = Sampler(tpl, masks, canvases, config["patch"], config["real_fraction"], config["seed"],
                       config.get("lesion_contrast", (0.6, 4.0)), config.get("lesion_wm", 0.0),
                       config.get("labelled_weight", 1.0), config.get("synthetic_t1_fraction", 0.0),
-                      prior=prior, t1w=t1w, t1w_dropout=config.get("t1w_dropout", 0.3))
+                      prior=prior, t1w=t1w, t1w_dropout=config.get("t1w_dropout", 0.3),
+                      normal_hyper=config.get("normal_hyper", 0.0))
     n_in = len(input_channels(config))
     generic = build_net(n_in, config["channels"])
     train_net(generic, sampler, config["generic_iterations"], config["batch"], config["lr"], run_dir / "generic.pt")
