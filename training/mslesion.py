@@ -655,7 +655,8 @@ other, which that run never saw (neither image nor labels). These are the honest
 
 ### Ablations: the same folds with one ingredient changed
 
-The run name says which: `_noprior` without the prior channel, `_t1w` with the session's T1w as an
+The run name says which: `_noprior` without the prior channel, `_hyper` with normal white-matter
+hyperintensities as negatives, `_t1w` with the session's T1w as an
 extra channel (`sub-isbi03` has no T1w: that channel is zeros there), `_seed8` the same recipe with
 another random seed (the noise floor of every comparison here), `_long` trained 2.4x longer.
 
