@@ -431,14 +431,12 @@ def affine_register(
     seed: int = DEFAULT_SEED,
     threads: int | None = None,
     metric: str = "mattes",
-    initial_scale: float = 1.0,
 ) -> sitk.AffineTransform:
     """Affine (12 degrees of freedom) registration, e.g. subject FLAIR/T1w (moving) to a template (fixed).
 
     Without ``initial``, two stages: a similarity stage (rigid + one isotropic scale, 7 parameters,
-    initialised with ``CenteredTransformInitializer(..., MOMENTS)`` and the isotropic scale
-    ``initial_scale``) then the full affine stage started from it; the full affine alone is easily
-    drawn into shears by the skull. With
+    initialised with ``CenteredTransformInitializer(..., MOMENTS)``) then the full affine stage
+    started from it; the full affine alone is easily drawn into shears by the skull. With
     ``initial`` (any transform with a matrix, e.g. the result of :func:`rigid_register` or of a
     previous call), only the affine stage runs, started from it.
 
@@ -458,8 +456,6 @@ def affine_register(
     ``transform.GetInverse()`` maps subject points to the template.
     """
     _check_registration_inputs(moving, fixed, fixed_mask, sampling)
-    if not initial_scale > 0:
-        raise ValueError(f"initial_scale must be > 0, got {initial_scale!r}.")
     kwargs = dict(
         iterations=iterations, bins=bins, sampling=sampling, seed=seed, threads=threads,
         fixed_mask=fixed_mask, moving_mask=moving_mask, metric=metric,
@@ -471,7 +467,6 @@ def affine_register(
             sitk.Similarity3DTransform(),
             sitk.CenteredTransformInitializerFilter.MOMENTS,
         )
-        start.SetScale(float(initial_scale))
         similarity = _as_type(
             _run(_registration_method(**kwargs), fixed, moving, start, "similarity", threads),
             sitk.Similarity3DTransform,
@@ -707,16 +702,16 @@ def to_template_space(
     2. Affine registration of the subject's brain to the template's brain, both as masks: the
        subject's :func:`brain_mask` and the template brain mask, each smoothed by a Gaussian of
        ``registration_spacing`` mm on a ``registration_spacing`` mm grid (an affine needs no finer
-       grid), matched by :func:`affine_register` with ``metric="meansquares"``, its similarity
-       stage started at the isotropic scale ``(V_subject / V_template) ** (1/3)`` of the two mask
-       volumes. The brain outline fixes scale, shear and position well whatever the contrast; a
+       grid), matched by :func:`affine_register` with ``metric="meansquares"`` (affine stage only),
+       started from the masks' centres of mass and the isotropic scale
+       ``(V_subject / V_template) ** (1/3)`` of the two mask volumes (``initial`` replaces that
+       start). The brain outline fixes scale, shear and position well whatever the contrast; a
        rigid :func:`rigid_register` (Mattes MI) of the subject so aligned against the template T1w
        then refines the rotation and shift from the inner anatomy; the result is their composition
-       (:func:`compose_affine`).
-       (Mutual information between a FLAIR and the template T1w, with the old eroded mask, inflated
-       every bids-dev brain by 7-40 % linear, measured against the brain outline; started from this
-       result it drifted again by 5-10 %, so there is no intensity-driven refinement.)
-       ``initial`` skips the similarity stage. Always one thread, so that the
+       (:func:`compose_affine`). (Mutual information between a FLAIR and the template T1w, with the
+       old eroded mask, inflated every bids-dev brain by 7-40 % linear, measured against the brain
+       outline; started from this result an MI affine drifted again by 5-10 % in scale, so MI is
+       not allowed to change the scale.) Always one thread, so that the
        result is reproducible (see the module docstring); N4 likewise (its result changes slightly
        with the thread count), so ``threads`` only applies to the resampling.
     3. Linear resampling of the bias-corrected image onto the 1 mm template grid, then

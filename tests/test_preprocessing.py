@@ -454,3 +454,14 @@ def test_companion_coregistration_falls_back_to_the_header_when_it_moves_too_far
     trusted = P.companion_to_template(moved, img, sitk.AffineTransform(3), img, template_mask, bias_correction=False,
                                       threads=THREADS)
     assert np.linalg.norm(trusted.transform.GetParameters()[3:]) > 1.0  # the 3 mm shift is found and kept
+
+
+def test_compose_affine_equals_applying_both():
+    outer = sitk.AffineTransform(3)
+    outer.SetMatrix((1.1, 0.05, 0.0, -0.02, 0.9, 0.1, 0.0, 0.03, 1.2))
+    outer.SetTranslation((3.0, -2.0, 1.0))
+    outer.SetCenter((10.0, 5.0, -4.0))
+    inner = sitk.Euler3DTransform((-6.0, 2.0, 8.0), 0.1, -0.05, 0.2, (1.5, 0.5, -2.5))
+    both = P.compose_affine(outer, inner)
+    for p in [(0.0, 0.0, 0.0), (50.0, -30.0, 20.0), (-70.0, 40.0, -60.0)]:
+        np.testing.assert_allclose(both.TransformPoint(p), outer.TransformPoint(inner.TransformPoint(p)), atol=1e-9)
