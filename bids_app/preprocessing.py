@@ -725,7 +725,8 @@ def to_template_space(
     t0 = time.perf_counter()
     coarse = _coarse_grid(template, registration_spacing)
     fixed_mask = resample_to(sitk.Cast(template_mask != 0, sitk.sitkFloat32), coarse, None, "linear")
-    moving_mask = sitk.Cast(brain_mask(image), sitk.sitkFloat32)
+    subject_brain = brain_mask(image)
+    moving_mask = sitk.Cast(subject_brain, sitk.sitkFloat32)
     volumes = [float(sitk.GetArrayViewFromImage(m).sum()) * float(np.prod(m.GetSpacing()))
                for m in (moving_mask, fixed_mask)]
     # One thread: ITK's multi-threaded metric sums in a varying order, and the optimiser amplifies
@@ -743,7 +744,7 @@ def to_template_space(
     # to the template by ``outline`` and the template T1w. Scale stays the outline's (MI scales
     # a FLAIR against a T1w wrongly, see above).
     template_coarse = resample_to(sitk.SmoothingRecursiveGaussian(template, registration_spacing / 2), coarse)
-    warped = resample_to(sitk.Mask(image, sitk.Cast(moving_mask, sitk.sitkUInt8)), coarse, outline, "linear")
+    warped = resample_to(sitk.Mask(image, subject_brain), coarse, outline, "linear")
     inner = rigid_register(warped, template_coarse, fixed_mask=sitk.Cast(fixed_mask > 0.5, sitk.sitkUInt8),
                            sampling=0.5, threads=1, initial="header")
     transform = compose_affine(outline, inner)
