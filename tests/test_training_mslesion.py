@@ -1,6 +1,7 @@
 """The lesion training data synthesis, on a small synthetic template (no shared data needed)."""
 
 import numpy as np
+from scipy import ndimage
 
 from training import mslesion as T
 
@@ -156,3 +157,40 @@ def test_normal_white_matter_hyperintensity_is_bright_but_not_a_lesion():
             wm_means.append(img.mean())
         means[name] = np.mean(wm_means)
     assert means["hyper"] > means["plain"]  # the whole template fits in a 40 voxel patch: same tissue
+
+
+def test_sulcal_ridges_find_the_closed_sulcus_between_two_gyri():
+    """Two white-matter cores with 8 mm of grey matter between them: the ridge is the mid-plane."""
+    n = 40
+    wm = np.zeros((n, n, n), np.float32)
+    wm[6:14, 5:35, 5:35] = 1
+    wm[22:30, 5:35, 5:35] = 1  # grey matter x = 14..21, mid-plane between x = 17 and 18
+    gm = np.zeros_like(wm)
+    gm[2:34, 2:38, 2:38] = 1
+    gm[wm > 0] = 0
+    brain = (wm + gm) > 0
+    ridge = T.sulcal_ridges(wm, gm, brain)
+    xs = np.unique(np.argwhere(ridge[:, 10:30, 10:30])[:, 0] if ridge.any() else [])
+    assert set(xs) == {17, 18}  # only the closed sulcus, not the pial surface at x = 2..5 or 30..33
+
+
+def test_opened_sulci_darken_grey_matter_only_along_the_ridges_and_warp_keeps_lesions():
+    tpl = _template()
+    tpl["gm"] = tpl["gm"].copy()
+    tpl["wm"][:, 18:23, :] = 0  # a cleft through the white matter, filled by 5 mm of grey matter
+    tpl["gm"][:, 18:23, :] = tpl["brain"][:, 18:23, :]
+    s = T.Sampler(tpl, [np.zeros(tpl["brain"].shape, bool)], [], patch=40, real_fraction=0.0, seed=8, sulci=1.0)
+    box = tuple(slice(0, 40) for _ in range(3))
+    csf = s._sulcal_csf(box)
+    assert 0 <= csf.min() and csf.max() <= 1 and csf.max() > 0.9
+    assert csf[tpl["wm"] > 0].max() < 0.8  # white matter is at most partial-volumed, never replaced
+    img, _ = s._synthetic(box)
+    ridge = s.ridges
+    assert img[ridge].mean() < img[(tpl["gm"] > 0) & ~ndimage.binary_dilation(ridge, iterations=2)].mean() - 0.5
+    # the warp moves anatomy by 1-3 mm RMS and carries lesion and image together
+    target = np.zeros((40, 40, 40), np.float32)
+    target[15:25, 15:25, 15:25] = 1
+    moved_img, moved_target = s._warp(target.copy() * 3.0, target)
+    assert abs(moved_target.sum() - target.sum()) < 0.25 * target.sum()
+    assert np.allclose(moved_img, 3.0 * moved_target, atol=1e-4)
+    assert (moved_target != target).any()

@@ -73,6 +73,18 @@ def load_template() -> dict:
 
 
 # ------------------------------------------------------------------------------- data synthesis
+def sulcal_ridges(wm: np.ndarray, gm: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """Boolean ``(X, Y, Z)`` mask of the template's closed sulci (1 mm grid).
+
+    Inside grey matter (probability > 0.3) a closed sulcus is where the Euclidean distance to white
+    matter (probability >= 0.5) stops growing: a voxel is kept when it is at least 1.5 mm from white
+    matter and no 26-neighbour is more than 0.5 mm farther. The distance keeps growing past the
+    outer brain surface (it is computed on the whole grid), so the pial surface is not a ridge.
+    """
+    dist = ndimage.distance_transform_edt(wm < 0.5).astype(np.float32)
+    return (dist >= ndimage.maximum_filter(dist, 3) - 0.5) & (dist >= 1.5) & (gm > 0.3) & brain
+
+
 def lesion_masks_in_template(folder: Path, tpl: dict) -> list[np.ndarray]:
     """The real lesion masks resampled (nearest) onto the template grid through world coordinates."""
     out = []
@@ -156,8 +168,11 @@ class Sampler:
     def __init__(self, tpl, lesion_masks, canvases, patch: int, real_fraction: float, seed: int,
                  contrast=(0.6, 4.0), lesion_wm: float = 0.0, labelled_weight: float = 1.0,
                  t1_fraction: float = 0.0, prior: bool = True, t1w: bool = False, t1w_dropout: float = 0.3,
-                 t1w_contrast=(0.0, 1.5), normal_hyper: float = 0.0):
+                 t1w_contrast=(0.0, 1.5), normal_hyper: float = 0.0, sulci: float = 0.0, deform: float = 0.0):
         self.tpl, self.masks, self.canvases = tpl, lesion_masks, canvases
+        self.sulci, self.deform = float(sulci), float(deform)
+        if self.sulci > 0:
+            self.ridges = sulcal_ridges(tpl["wm"], tpl["gm"], tpl["brain"])
         self.normal_hyper = float(normal_hyper)
         if self.normal_hyper > 0:
             csf = tpl["brain"] & (1 - tpl["wm"] - tpl["gm"] > 0.5)
@@ -224,6 +239,8 @@ class Sampler:
             img = img + self._normal_hyperintensity(box)
         soft = ndimage.gaussian_filter(les.astype(np.float32), 0.6)
         img = img + rng.uniform(*self.contrast) * soft * (1 + 0.3 * rng.standard_normal(img.shape).astype(np.float32))
+        if canvas is None and rng.random() < self.deform:
+            img, target, soft, t1 = self._warp(img, target, soft, t1)
         img = augment(img, tpl["brain"][box], rng)
         channels = [img]
         if self.t1w:
@@ -276,9 +293,15 @@ class Sampler:
         return out.astype(np.float32)
 
     def _synthetic(self, box):
-        """A synthetic FLAIR patch and, with ``t1w``, the matching T1w patch (else ``None``)."""
+        """A synthetic FLAIR patch and, with ``t1w``, the matching T1w patch (else ``None``).
+
+        With probability ``sulci`` the closed sulci of the template are opened (:meth:`_sulcal_csf`)
+        in both images, so that the thin bright cortical banks on either side of dark sulcal CSF
+        of an individual 1 mm FLAIR are seen as normal anatomy.
+        """
         rng, tpl = self.rng, self.tpl
-        t1 = self._synthetic_t1w(box) if self.t1w else None
+        sulc = self._sulcal_csf(box) if rng.random() < self.sulci else None
+        t1 = self._synthetic_t1w(box, sulc) if self.t1w else None
         wm, gm = tpl["wm"][box], tpl["gm"][box]
         csf = np.clip(tpl["brain"][box] - wm - gm, 0, 1)
         c_wm, c_gm, c_csf = rng.uniform(-0.3, 0.3), rng.uniform(0.4, 1.3), rng.uniform(-4.0, -1.5)
@@ -289,18 +312,51 @@ class Sampler:
             k_csf, k_gm, k_wm = tpl["t1_knots"]
             img = np.interp(tpl["t1"][box], [k_csf, k_gm, k_wm], [c_csf, c_gm, c_wm]).astype(np.float32)
             img *= tpl["brain"][box]
-            img += 0.1 * ndimage.gaussian_filter(rng.standard_normal(img.shape).astype(np.float32), 1.5)
-            return img.astype(np.float32), t1
-        img = wm * c_wm + gm * c_gm + csf * c_csf
-        img += 0.15 * ndimage.gaussian_filter(rng.standard_normal(img.shape).astype(np.float32), 2.0)
-        return img.astype(np.float32), t1
+            noise = 0.1 * ndimage.gaussian_filter(rng.standard_normal(img.shape).astype(np.float32), 1.5)
+        else:
+            img = wm * c_wm + gm * c_gm + csf * c_csf
+            noise = 0.15 * ndimage.gaussian_filter(rng.standard_normal(img.shape).astype(np.float32), 2.0)
+        if sulc is not None:
+            img = img * (1 - sulc) + c_csf * sulc
+        return (img + noise).astype(np.float32), t1
 
-    def _synthetic_t1w(self, box):
+    def _sulcal_csf(self, box) -> np.ndarray:
+        """Partial-volume CSF fraction in ``[0, 1]`` along the template's closed sulci in one patch.
+
+        The group template averages away the sulcal CSF between opposing cortical banks, which an
+        individual 1 mm scan shows as a thin dark line between two bright ribbons. The ridges of the
+        distance to white matter inside grey matter (:func:`sulcal_ridges`) mark those sulci; they are
+        widened by one voxel in a third of the patches and softened by a 0.5 voxel Gaussian.
+        """
+        s = self.ridges[box]
+        if self.rng.random() < 1 / 3:
+            s = ndimage.binary_dilation(s)
+        s = np.clip(1.5 * ndimage.gaussian_filter(s.astype(np.float32), 0.5), 0, 1)
+        return (s * self.tpl["brain"][box]).astype(np.float32)
+
+    def _warp(self, *arrays):
+        """Warp patch arrays (``None`` passes through) with one smooth random field of 1-3 mm RMS.
+
+        The synthetic anatomy is otherwise exactly aligned with the prior channel, which a real scan
+        after affine registration never is; this keeps the network from trusting the prior's edges.
+        """
+        rng, p = self.rng, self.p
+        coarse = rng.standard_normal((3, 5, 5, 5)).astype(np.float32)
+        field = np.stack([ndimage.zoom(c, p / 5, order=3)[:p, :p, :p] for c in coarse])
+        field *= rng.uniform(1.0, 3.0) / (float(np.sqrt((field ** 2).sum(0).mean())) + 1e-6)
+        coords = np.indices((p, p, p), dtype=np.float32) + field
+        return tuple(None if a is None else
+                     ndimage.map_coordinates(a, coords, order=1, mode="nearest").astype(np.float32)
+                     for a in arrays)
+
+    def _synthetic_t1w(self, box, sulc: np.ndarray | None = None):
         """A T1w patch from the template T1w with random tissue contrasts (CSF < GM < WM kept)."""
         rng, tpl = self.rng, self.tpl
         k_csf, k_gm, k_wm = tpl["t1_knots"]
         values = [rng.uniform(-3.0, -0.8), rng.uniform(-1.0, -0.1), rng.uniform(0.2, 1.0)]
         img = np.interp(tpl["t1"][box], [k_csf, k_gm, k_wm], values).astype(np.float32) * tpl["brain"][box]
+        if sulc is not None:
+            img = img * (1 - sulc) + values[0] * sulc
         img += 0.1 * ndimage.gaussian_filter(rng.standard_normal(img.shape).astype(np.float32), 1.5)
         return img.astype(np.float32)
 
@@ -408,7 +464,8 @@ def run(config: dict) -> None:
                       config.get("lesion_contrast", (0.6, 4.0)), config.get("lesion_wm", 0.0),
                       config.get("labelled_weight", 1.0), config.get("synthetic_t1_fraction", 0.0),
                       prior=prior, t1w=t1w, t1w_dropout=config.get("t1w_dropout", 0.3),
-                      normal_hyper=config.get("normal_hyper", 0.0))
+                      normal_hyper=config.get("normal_hyper", 0.0), sulci=config.get("sulci", 0.0),
+                      deform=config.get("deform", 0.0))
     n_in = len(input_channels(config))
     generic = build_net(n_in, config["channels"])
     train_net(generic, sampler, config["generic_iterations"], config["batch"], config["lr"], run_dir / "generic.pt")
