@@ -239,7 +239,7 @@ class Sampler:
             img = img + self._normal_hyperintensity(box)
         soft = ndimage.gaussian_filter(les.astype(np.float32), 0.6)
         img = img + rng.uniform(*self.contrast) * soft * (1 + 0.3 * rng.standard_normal(img.shape).astype(np.float32))
-        if canvas is None and rng.random() < self.deform:
+        if canvas is None and self.deform > 0 and rng.random() < self.deform:  # no draw when off: same stream as before
             img, target, soft, t1 = self._warp(img, target, soft, t1)
         img = augment(img, tpl["brain"][box], rng)
         channels = [img]
@@ -300,7 +300,7 @@ class Sampler:
         of an individual 1 mm FLAIR are seen as normal anatomy.
         """
         rng, tpl = self.rng, self.tpl
-        sulc = self._sulcal_csf(box) if rng.random() < self.sulci else None
+        sulc = self._sulcal_csf(box) if self.sulci > 0 and rng.random() < self.sulci else None
         t1 = self._synthetic_t1w(box, sulc) if self.t1w else None
         wm, gm = tpl["wm"][box], tpl["gm"][box]
         csf = np.clip(tpl["brain"][box] - wm - gm, 0, 1)
