@@ -715,7 +715,9 @@ other, which that run never saw (neither image nor labels). These are the honest
 The run name says which: `_noprior` without the prior channel, `_hyper` with normal white-matter
 hyperintensities as negatives, `_t1w` with the session's T1w as an
 extra channel (`sub-isbi03` has no T1w: that channel is zeros there), `_seed8` the same recipe with
-another random seed (the noise floor of every comparison here), `_long` trained 2.4x longer.
+another random seed (the noise floor of every comparison here), `_long` trained 2.4x longer, `_sulci`
+with the template's closed sulci opened in synthetic canvases, `_warp` with synthetic patches warped
+against the prior channel.
 
 {_table(ablation, run=True) if ablation else 'not measured'}
 
