@@ -163,6 +163,11 @@ class Sampler:
     surroundings, so the difference the network must learn is focal, local contrast, not absolute
     brightness. (A 1 mm FLAIR's bright normal white matter, ~1-1.5 IQR above the brain median, was
     where the held-out ``sub-ms07`` false positives lay.)
+
+    ``sulci`` (probability per synthetic canvas, :meth:`_sulcal_csf`) opens the template's closed
+    sulci; ``deform`` (probability per synthetic patch, :meth:`_warp`) warps the patch against the
+    prior channel. Both are off by default and then draw no random numbers, so older configs
+    reproduce; neither helped the held-out ``sub-ms07`` (``training/results/*_sulci_*``, ``*_warp_*``).
     """
 
     def __init__(self, tpl, lesion_masks, canvases, patch: int, real_fraction: float, seed: int,
