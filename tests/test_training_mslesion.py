@@ -194,3 +194,54 @@ def test_opened_sulci_darken_grey_matter_only_along_the_ridges_and_warp_keeps_le
     assert abs(moved_target.sum() - target.sum()) < 0.25 * target.sum()
     assert np.allclose(moved_img, 3.0 * moved_target, atol=1e-4)
     assert (moved_target != target).any()
+
+
+def test_intensity_baseline_keeps_bright_white_matter_only():
+    tpl = _template()
+    flair = np.zeros(tpl["brain"].shape, np.float32)
+    flair[18:23, 18:23, 18:23] = 3.0  # a bright 5 mm cube in white matter: a lesion
+    flair[20:23, 20:23, 35:38] = 3.0  # as bright, in the grey-matter shell: not white matter
+    mask = T.intensity_baseline(flair, tpl["wm"], flair_iqr=1.5, template_wm=0.5)
+    assert mask.dtype == np.float32 and set(np.unique(mask)) <= {0.0, 1.0}
+    assert mask[19:22, 19:22, 19:22].all()  # the cube's core survives the 0.5 mm smoothing
+    assert not mask[:, :, 30:].any()  # nothing outside white matter
+    assert not T.intensity_baseline(flair, tpl["wm"], flair_iqr=3.5, template_wm=0.5).any()  # above its brightness
+
+
+def _baseline_row(image, t, w, dice):
+    return {"image": image, "case": f"{image}_label", "flair_iqr": t, "template_wm": w, "dice": dice,
+            "model": T.baseline_name(t, w)}
+
+
+def test_cross_validated_baseline_chooses_each_point_on_the_other_image():
+    rows = [_baseline_row("a", 1.0, 0.5, 0.9), _baseline_row("a", 2.0, 0.5, 0.1),
+            _baseline_row("b", 1.0, 0.5, 0.2), _baseline_row("b", 2.0, 0.5, 0.6),
+            _baseline_row("b", 2.0, 0.5, 0.4)]  # image b has two raters: their mean Dice decides
+    out = {r["image"]: r for r in T.cross_validated_baseline(rows)}
+    # a is scored at b's best point (2.0: mean 0.5 > 0.2), b at a's best point (1.0), never their own
+    assert out["a"]["flair_iqr"] == 2.0 and out["a"]["dice"] == 0.1
+    assert [r["dice"] for r in T.cross_validated_baseline(rows) if r["image"] == "b"] == [0.2]
+    assert out["a"]["seen_in_training"] == "none" and "chosen on b" in out["a"]["model"]
+
+
+def test_ignore_threshold_follows_a_faint_canvas_but_never_exceeds_two_iqr():
+    tpl = _template()
+    rng = np.random.default_rng(3)
+    faint = (0.3 * rng.standard_normal(tpl["brain"].shape)).astype(np.float32)  # white matter ~N(0, 0.3)
+    assert T.ignore_threshold(faint, tpl["wm"]) == T.IGNORE_ABOVE_IQR
+    q98 = T.ignore_threshold(faint, tpl["wm"], 98)
+    assert 0.3 * 1.9 < q98 < 0.3 * 2.3  # the 98th percentile of N(0, 0.3) is 0.62
+    assert T.ignore_threshold(faint * 10, tpl["wm"], 98) == T.IGNORE_ABOVE_IQR  # capped at the fixed rule
+
+
+def test_real_canvas_ignores_faint_unlabelled_lesions_with_a_percentile(tmp_path):
+    tpl = _template()
+    img = np.zeros(tpl["brain"].shape, np.float32)
+    img[tpl["wm"] > 0] = np.random.default_rng(4).normal(0, 0.2, int((tpl["wm"] > 0).sum()))
+    img[18:22, 18:22, 18:22] = 1.2  # a faint unlabelled lesion: below 2 IQR, above the WM's 98th percentile
+    np.save(tmp_path / "faint_FLAIR.npy", img)  # the cached template-space image: no registration runs
+    fixed = T.real_canvas(tmp_path / "faint_FLAIR.nii.gz", tpl, tmp_path)
+    relative = T.real_canvas(tmp_path / "faint_FLAIR.nii.gz", tpl, tmp_path, ignore_percentile=98)
+    assert not fixed["ignore"][18:22, 18:22, 18:22].any()
+    assert relative["ignore"][18:22, 18:22, 18:22].all()
+    assert relative["ignore"].mean() < 0.1  # the rest of the white matter stays in the loss

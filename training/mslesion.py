@@ -104,15 +104,34 @@ def companion_path(flair: Path, suffix: str = "T1w") -> Path | None:
     return other if other.is_file() and other != flair else None
 
 
-def real_canvas(path: Path, tpl: dict, cache: Path, labels: list[Path] | None = None, t1w: bool = False) -> dict:
+#: An unlabelled canvas's white-matter voxels brighter than this (brain IQR) are left out of the loss.
+IGNORE_ABOVE_IQR = 2.0
+
+
+def ignore_threshold(img: np.ndarray, wm: np.ndarray, percentile: float | None = None) -> float:
+    """Brightness (brain IQR) above which an unlabelled canvas's white matter may hold real lesions.
+
+    :data:`IGNORE_ABOVE_IQR`, or with ``percentile`` the lower of that and the canvas's own
+    ``percentile``-th percentile inside the template white matter (probability >= 0.9): a scan whose
+    lesions are faint (a 1 mm 3D FLAIR, ~1 IQR above its white matter) then does not teach its own
+    unlabelled lesions as background.
+    """
+    if percentile is None:
+        return IGNORE_ABOVE_IQR
+    return min(IGNORE_ABOVE_IQR, float(np.percentile(img[wm >= 0.9], percentile)))
+
+
+def real_canvas(path: Path, tpl: dict, cache: Path, labels: list[Path] | None = None, t1w: bool = False,
+                ignore_percentile: float | None = None) -> dict:
     """A real FLAIR in template space (cached) and either its manual label or the voxels left out of the loss.
 
     With ``t1w``, the session's T1w (when there is one, :func:`companion_path`) is co-registered to the
     FLAIR and carried to the template with it (:func:`bids_app.preprocessing.companion_to_template`)
     and returned as ``"t1w"``; a canvas without one has no ``"t1w"`` key.
 
-    Unlabelled canvas: ``{"image", "ignore"}``; bright white matter (> 2 IQR) may hold real, unlabelled
-    lesions, so it is neither a positive nor a negative example. Labelled canvas (``labels`` given):
+    Unlabelled canvas: ``{"image", "ignore"}``; bright white matter (above :func:`ignore_threshold`,
+    2 IQR unless ``ignore_percentile`` lowers it; template WM probability > 0.2, dilated by 2 voxels)
+    may hold real, unlabelled lesions, so it is neither a positive nor a negative example. Labelled canvas (``labels`` given):
     ``{"image", "label", "ignore"}`` where ``label`` is the mean of the raters' masks carried to the
     template grid with the same affine (linear interpolation, so a soft target in [0, 1]: rater
     disagreement and partial volume both stay soft) and nothing is ignored.
@@ -143,7 +162,10 @@ def real_canvas(path: Path, tpl: dict, cache: Path, labels: list[Path] | None = 
     extra = {"t1w": np.load(ft)} if t1_path else {}
     if labels:
         return {"image": img, "label": np.load(fl), "ignore": np.zeros(img.shape, bool), **extra}
-    ignore = ndimage.binary_dilation((img > 2.0) & (tpl["wm"] > 0.2), iterations=2)
+    above = ignore_threshold(img, tpl["wm"], ignore_percentile)
+    ignore = ndimage.binary_dilation((img > above) & (tpl["wm"] > 0.2), iterations=2)
+    LOGGER.info("%s: unlabelled, white matter above %.2f IQR left out of the loss (%d voxels)", path.name, above,
+                int(ignore.sum()))
     return {"image": img, "ignore": ignore, **extra}
 
 
@@ -459,7 +481,9 @@ def run(config: dict) -> None:
     masks = lesion_masks_in_template(Path(config["lesion_masks"]), tpl)
     data = Path(config["bids_dir"])
     t1w = bool(config.get("t1w"))
-    canvases = [real_canvas(data / c, tpl, run_dir / "cache", t1w=t1w) for c in config["real_canvases"]]
+    canvases = [real_canvas(data / c, tpl, run_dir / "cache", t1w=t1w,
+                            ignore_percentile=config.get("unlabelled_ignore_percentile"))
+                for c in config["real_canvases"]]
     for image, labels in config.get("labelled_canvases", {}).items():
         canvases.append(real_canvas(data / image, tpl, run_dir / "cache", [data / lab for lab in labels], t1w=t1w))
     LOGGER.info("%d lesion masks, %d real canvases (%d labelled)", len(masks), len(canvases),
@@ -510,6 +534,47 @@ def load_exported(config: dict):
     return load_template(), generic, nets, boxes
 
 
+def _case_in_template(case: dict, config: dict, tpl_img, tpl_mask) -> tuple:
+    """``(flair, tsi, t1, seconds)`` of one evaluation case: the FLAIR (SimpleITK), its
+    :func:`bids_app.preprocessing.to_template_space` result, the session's T1w in template space when
+    the config has a T1w channel (else ``None``: that channel is zeros, as in training and in the app)
+    and the stage seconds."""
+    flair = sitk.ReadImage(case["flair"])
+    tsi = preprocessing.to_template_space(flair, tpl_img, tpl_mask, threads=2)
+    seconds = {k: round(v, 1) for k, v in tsi.seconds.items()}
+    t1, t1_path = None, companion_path(Path(case["flair"])) if config.get("t1w") else None
+    if t1_path:
+        ct = preprocessing.companion_to_template(sitk.ReadImage(str(t1_path)), flair, tsi.transform,
+                                                 tpl_img, tpl_mask, threads=2)
+        t1 = ct.data
+        seconds["t1w_n4"] = round(ct.seconds["n4"], 1)
+        seconds["t1w_coregistration"] = round(ct.seconds["coregistration"], 1)
+    return flair, tsi, t1, seconds
+
+
+def _native_rows(model: str, prob: np.ndarray, case: dict, flair, tsi, tpl_img, threshold: float) -> list[dict]:
+    """Scores of a template-grid map ``prob`` ``(X, Y, Z)`` for one case, on the native FLAIR grid:
+    the map is resampled back (linear) and thresholded at ``threshold``; one row per manual label
+    (Dice, lesion-wise F1, volumes), or one volume row when the case has none."""
+    img = sitk.GetImageFromArray(np.transpose(prob, (2, 1, 0)))
+    img.CopyInformation(tpl_img)
+    native = preprocessing.resample_to(img, flair, tsi.transform.GetInverse(), "linear")
+    pred = np.transpose(sitk.GetArrayFromImage(native), (2, 1, 0)) >= threshold
+    if not case["labels"]:  # no manual label: the volume, for the longitudinal consistency check
+        load = lesions.lesion_load(pred, flair.GetSpacing())
+        return [{"case": Path(case["flair"]).name, "model": model, "lesion_count": load["count"],
+                 "pred_ml": round(load["total_volume_ml"], 2)}]
+    rows = []
+    for label in case["labels"]:
+        lab = nib.load(label)
+        m = lesions.segmentation_metrics(pred, np.asarray(lab.dataobj) > 0, lab.header.get_zooms()[:3])
+        rows.append({"case": Path(label).name, "model": model, "dice": round(m["dice"], 3),
+                     "lesion_f1": round(m["lesion_f1"], 3), "precision": round(m["lesion_precision"], 3),
+                     "recall": round(m["lesion_recall"], 3), "pred_ml": round(m["pred_volume_ml"], 2),
+                     "truth_ml": round(m["truth_volume_ml"], 2)})
+    return rows
+
+
 def evaluate(config: dict, cases: list[dict], exported: bool = False) -> list[dict]:
     """Dice and lesion-wise F1 on the native FLAIR grid of labelled real cases (2 CPU threads), of the
     run's checkpoints or (``exported``) of the exported model."""
@@ -517,18 +582,10 @@ def evaluate(config: dict, cases: list[dict], exported: bool = False) -> list[di
     tpl, generic, nets, boxes = load_exported(config) if exported else load_nets(config)
     tpl_img = sitk.ReadImage(str(templates.get_template_file("T1w")))
     tpl_mask = sitk.ReadImage(str(templates.get_template_file("mask", desc="brain")))
+    region = search_region(tpl["wm"], dilation_mm=config["search_dilation_mm"])
     rows = []
     for case in cases:
-        flair = sitk.ReadImage(case["flair"])
-        tsi = preprocessing.to_template_space(flair, tpl_img, tpl_mask, threads=2)
-        seconds = {k: round(v, 1) for k, v in tsi.seconds.items()}
-        t1, t1_path = None, companion_path(Path(case["flair"])) if config.get("t1w") else None
-        if t1_path:  # the session's T1w; without one the channel is zeros (as in training and in the app)
-            ct = preprocessing.companion_to_template(sitk.ReadImage(str(t1_path)), flair, tsi.transform,
-                                                     tpl_img, tpl_mask, threads=2)
-            t1 = ct.data
-            seconds["t1w_n4"] = round(ct.seconds["n4"], 1)
-            seconds["t1w_coregistration"] = round(ct.seconds["coregistration"], 1)
+        flair, tsi, t1, seconds = _case_in_template(case, config, tpl_img, tpl_mask)
         x = np.stack([input_channel(name, tsi.data, tpl["wm"], t1) for name in input_channels(config)])
         t0 = time.perf_counter()
         maps = {"generic": predict_generic(generic, x, tpl["brain"])}
@@ -537,32 +594,73 @@ def evaluate(config: dict, cases: list[dict], exported: bool = False) -> list[di
             t0 = time.perf_counter()
             maps["ensemble"] = predict_ensemble(nets, boxes, x, tpl["brain"])
             seconds["ensemble"] = round(time.perf_counter() - t0, 1)
-        region = search_region(tpl["wm"], dilation_mm=config["search_dilation_mm"])
-        maps = {name: prob * region for name, prob in maps.items()}
         LOGGER.info("%s stage seconds (2 threads): %s", Path(case["flair"]).name, seconds)
         rows.append({"case": Path(case["flair"]).name, "seconds": seconds})
         for name, prob in maps.items():
-            img = sitk.GetImageFromArray(np.transpose(prob, (2, 1, 0)))
-            img.CopyInformation(tpl_img)
-            native = preprocessing.resample_to(img, flair, tsi.transform.GetInverse(), "linear")
-            pred = np.transpose(sitk.GetArrayFromImage(native), (2, 1, 0)) >= config["threshold"]
-            if not case["labels"]:  # no manual label: the volume, for the longitudinal consistency check
-                load = lesions.lesion_load(pred, flair.GetSpacing())
-                row = {"case": Path(case["flair"]).name, "model": name, "lesion_count": load["count"],
-                       "pred_ml": round(load["total_volume_ml"], 2)}
-                LOGGER.info("%s", row)
-                rows.append(row)
-            for label in case["labels"]:
-                lab = nib.load(label)
-                truth = np.asarray(lab.dataobj) > 0
-                m = lesions.segmentation_metrics(pred, truth, lab.header.get_zooms()[:3])
-                row = {"case": Path(label).name, "model": name, "dice": round(m["dice"], 3),
-                       "lesion_f1": round(m["lesion_f1"], 3), "precision": round(m["lesion_precision"], 3),
-                       "recall": round(m["lesion_recall"], 3), "pred_ml": round(m["pred_volume_ml"], 2),
-                       "truth_ml": round(m["truth_volume_ml"], 2)}
+            for row in _native_rows(name, prob * region, case, flair, tsi, tpl_img, config["threshold"]):
                 LOGGER.info("%s", row)
                 rows.append(row)
     return rows
+
+
+# ----------------------------------------------------------------------------------- baseline
+#: The naive baseline's grid: FLAIR thresholds (in brain IQR above the brain median, after the
+#: app's normalisation) and template white-matter probability thresholds.
+BASELINE_GRID = {"flair_iqr": (1.0, 1.25, 1.5, 1.75, 2.0, 2.5), "template_wm": (0.5, 0.8)}
+
+
+def intensity_baseline(flair: np.ndarray, wm: np.ndarray, flair_iqr: float, template_wm: float,
+                       sigma_mm: float = 0.5) -> np.ndarray:
+    """The lesion mask any model must beat: a FLAIR threshold inside the template white matter.
+
+    ``flair`` ``(X, Y, Z)`` is the normalised FLAIR on the 1 mm template grid (``(x - median) / IQR``
+    in the template brain), smoothed by a Gaussian of ``sigma_mm`` against noise; a voxel is lesion
+    when it is brighter than ``flair_iqr`` and the template WM probability ``wm`` exceeds
+    ``template_wm``. Returns float32 0/1 (so that it resamples like a probability map).
+    """
+    return ((ndimage.gaussian_filter(flair, sigma_mm) > flair_iqr) & (wm > template_wm)).astype(np.float32)
+
+
+def baseline_name(flair_iqr: float, template_wm: float) -> str:
+    return f"threshold FLAIR>{flair_iqr} IQR, WM>{template_wm}"
+
+
+def evaluate_baseline(config: dict, cases: list[dict]) -> list[dict]:
+    """Rows of :func:`_native_rows` for every point of :data:`BASELINE_GRID` on every labelled case."""
+    tpl = load_template()
+    tpl_img = sitk.ReadImage(str(templates.get_template_file("T1w")))
+    tpl_mask = sitk.ReadImage(str(templates.get_template_file("mask", desc="brain")))
+    rows = []
+    for case in (c for c in cases if c["labels"]):
+        flair, tsi, _, _ = _case_in_template(case, {}, tpl_img, tpl_mask)
+        for t in BASELINE_GRID["flair_iqr"]:
+            for w in BASELINE_GRID["template_wm"]:
+                mask = intensity_baseline(tsi.data, tpl["wm"], t, w)
+                for row in _native_rows(baseline_name(t, w), mask, case, flair, tsi, tpl_img, 0.5):
+                    rows.append({**row, "flair_iqr": t, "template_wm": w, "image": Path(case["flair"]).name})
+    return rows
+
+
+def cross_validated_baseline(rows: list[dict]) -> list[dict]:
+    """The baseline's honest numbers: on each image, the grid point chosen on the *other* images.
+
+    ``rows`` are :func:`evaluate_baseline` rows (keys ``image, flair_iqr, template_wm, dice, ...``).
+    For every image the grid point with the highest mean Dice over all labels of all other images is
+    chosen and that point's rows on the image are returned, with ``model`` naming the point and
+    ``seen_in_training`` "none" (nothing of the image chose it). Ties go to the first grid point.
+    """
+    images = list(dict.fromkeys(r["image"] for r in rows))
+    points = list(dict.fromkeys((r["flair_iqr"], r["template_wm"]) for r in rows))
+    out = []
+    for image in images:
+        def score(point):
+            d = [r["dice"] for r in rows if r["image"] != image and (r["flair_iqr"], r["template_wm"]) == point]
+            return float(np.mean(d)) if d else -1.0
+        best = max(points, key=score)  # max keeps the first of equal scores
+        chosen_on = ", ".join(i for i in images if i != image)
+        out += [{**r, "model": f"{r['model']} (chosen on {chosen_on})", "seen_in_training": "none"}
+                for r in rows if r["image"] == image and (r["flair_iqr"], r["template_wm"]) == best]
+    return out
 
 
 def export(config: dict, metrics: list[dict] | None = None) -> Path:
@@ -637,12 +735,13 @@ def run_metrics(config_path: str) -> list[dict]:
     return json.loads(copies[-1].read_text())
 
 
-def _fold_rows(card: dict, key: str) -> list[dict]:
-    """Held-out rows (``seen_in_training == "none"``) of the runs listed under ``card[key]``."""
+def _fold_rows(card: dict, key: str, seen: str = "none") -> list[dict]:
+    """Rows of the runs listed under ``card[key]`` on the cases whose ``seen_in_training`` is ``seen``
+    (``"none"``: held out; ``"image"``: the image was an unlabelled canvas, its labels never seen)."""
     rows = []
     for path in card.get(key, []):
         for r in run_metrics(path):
-            if r.get("seen_in_training") == "none":
+            if r.get("seen_in_training") == seen:
                 rows.append({**r, "run": Path(path).stem})
     return rows
 
@@ -657,6 +756,43 @@ def _t1w_recipe(config: dict) -> str:
             "co-registered to their FLAIR; the others give zeros; synthetic canvases get a T1w from the template T1w "
             "with random CSF < GM < WM contrasts; pasted lesions are 0 to 1.5 IQR darker on the T1w; the channel is "
             f"zeroed in {int(100 * config.get('t1w_dropout', 0.3))} % of patches.\n")
+
+
+def _baseline_section(card: dict) -> str:
+    """The card's section on the FLAIR-threshold baseline (``card["baseline"]``: a results file of
+    ``--baseline``); empty without one."""
+    if not card.get("baseline"):
+        return ""
+    rows = json.loads((ROOT / card["baseline"]).read_text())["cross_validated"]
+    grid = ", ".join(f"{k} {list(v)}" for k, v in BASELINE_GRID.items())
+    return f"""### Baseline: a FLAIR threshold, cross-validated the same way
+
+What any model must beat (`--baseline`, `{card['baseline']}`): the normalised FLAIR on the template grid,
+smoothed by 0.5 mm, above a threshold (brain IQR) inside the template white matter, the two thresholds
+chosen on the *other* labelled image (grid: {grid}), then resampled to the native grid and scored exactly
+like the model.
+
+{_table(rows)}
+
+"""
+
+
+def _transductive_section(card: dict) -> str:
+    """The card's table of the runs under ``card["transductive"]``: the held-out case's labels never
+    seen, its image an unlabelled canvas (semi-supervised adaptation to a scan); empty without any."""
+    rows = _fold_rows(card, "transductive", seen="image")
+    if not rows:
+        return ""
+    return f"""### Labels held out, image seen unlabelled (adaptation to a site's scans)
+
+The same folds with the held-out image added as one more *unlabelled* canvas: real lesion shapes are
+pasted into it and its bright white matter is left out of the loss, exactly as for `sub-mslong01`; its
+manual labels are never read. This is what a user can do with their own unlabelled scans (add them to
+`real_canvases` and retrain, about 15 minutes on 2 CPU cores); it is not a held-out number.
+
+{_table(rows, run=True)}
+
+"""
 
 
 def write_card(config: dict, rows: list[dict]) -> Path:
@@ -715,7 +851,7 @@ other, which that run never saw (neither image nor labels). These are the honest
 
 {_table(held_out, run=True) if held_out else 'not measured'}
 
-### Ablations: the same folds with one ingredient changed
+{_baseline_section(card)}{_transductive_section(card)}### Ablations: the same folds with one ingredient changed
 
 The run name says which: `_noprior` without the prior channel, `_hyper` with normal white-matter
 hyperintensities as negatives, `_t1w` with the session's T1w as an
@@ -764,6 +900,19 @@ infratentorial part is a geometric approximation. Data: Lesjak et al., Neuroinfo
     return out / "README.md"
 
 
+def evaluation_cases(d: Path) -> list[dict]:
+    """The real evaluation cases under the bids-dev root ``d``: ``{"flair", "labels"}`` (paths as str);
+    sub-mslong01's two sessions have no labels (volumes only)."""
+    return [
+        {"flair": str(d / "sub-ms07/anat/sub-ms07_FLAIR.nii.gz"),
+         "labels": [str(d / "derivatives/labels/sub-ms07/anat/sub-ms07_FLAIR_label-lesion_seg.nii.gz")]},
+        {"flair": str(d / "sub-isbi03/anat/sub-isbi03_FLAIR.nii.gz"),
+         "labels": [str(d / f"derivatives/labels/sub-isbi03/anat/sub-isbi03_FLAIR_label-lesion_desc-rater{r}_seg.nii.gz")
+                    for r in (1, 2)]},
+    ] + [{"flair": str(d / f"sub-mslong01/ses-0{s}/anat/sub-mslong01_ses-0{s}_FLAIR.nii.gz"), "labels": []}
+         for s in (1, 2)]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.mslesion")
     ap.add_argument("config", type=Path)
@@ -771,6 +920,9 @@ def main(argv=None) -> int:
     ap.add_argument("--exported", action="store_true",
                     help="with --evaluate: evaluate the exported model (export_dir) and store the rows in its "
                          "metadata.json, for when the run folder is gone")
+    ap.add_argument("--baseline", action="store_true",
+                    help="measure the FLAIR-threshold baseline on the labelled cases (cross-validated between them) "
+                         "into training/results/mslesion_baseline_<date>.json")
     ap.add_argument("--card", action="store_true", help="write the model card from metrics.json")
     ap.add_argument("--export", action="store_true", help="write models/mslesion from the run (with its metrics.json)")
     args = ap.parse_args(argv)
@@ -781,15 +933,15 @@ def main(argv=None) -> int:
         metrics_file = ROOT / config["run_dir"] / "metrics.json"
         export(config, json.loads(metrics_file.read_text()) if metrics_file.exists() else None)
         return 0
+    if args.baseline:
+        rows = evaluate_baseline(config, evaluation_cases(Path(config["bids_dir"])))
+        out = ROOT / "training" / "results" / f"mslesion_baseline_{time.strftime('%Y-%m-%d')}.json"
+        out.write_text(json.dumps({"grid": rows, "cross_validated": cross_validated_baseline(rows)}, indent=1) + "\n")
+        LOGGER.info("wrote %s", out)
+        return 0
     if args.evaluate:
         d = Path(config["bids_dir"])
-        cases = [
-            {"flair": str(d / "sub-ms07/anat/sub-ms07_FLAIR.nii.gz"),
-             "labels": [str(d / "derivatives/labels/sub-ms07/anat/sub-ms07_FLAIR_label-lesion_seg.nii.gz")]},
-            {"flair": str(d / "sub-isbi03/anat/sub-isbi03_FLAIR.nii.gz"),
-             "labels": [str(d / f"derivatives/labels/sub-isbi03/anat/sub-isbi03_FLAIR_label-lesion_desc-rater{r}_seg.nii.gz") for r in (1, 2)]},
-        ] + [{"flair": str(d / f"sub-mslong01/ses-0{s}/anat/sub-mslong01_ses-0{s}_FLAIR.nii.gz"), "labels": []}
-             for s in (1, 2)]
+        cases = evaluation_cases(d)
         rows = evaluate(config, cases, exported=args.exported)
         for row in rows:  # what of each evaluation case the run saw: held out only when "none"
             if "dice" in row:
