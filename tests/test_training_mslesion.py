@@ -245,3 +245,23 @@ def test_real_canvas_ignores_faint_unlabelled_lesions_with_a_percentile(tmp_path
     assert not fixed["ignore"][18:22, 18:22, 18:22].any()
     assert relative["ignore"][18:22, 18:22, 18:22].all()
     assert relative["ignore"].mean() < 0.1  # the rest of the white matter stays in the loss
+
+
+def test_initial_weights_come_from_the_shipped_model_and_must_match_the_config():
+    import json
+
+    import pytest
+    import torch
+
+    from bids_app.lesion_model import load_ensemble
+
+    config = json.loads((T.ROOT / "training/configs/mslesion.json").read_text())
+    config["init_from"] = "models/mslesion"
+    generic = T.initial_weights(config)
+    _, shipped_generic, _, _ = load_ensemble(T.ROOT / "models/mslesion")
+    state = shipped_generic.state_dict()
+    assert generic.keys() == state.keys() and all(torch.equal(generic[k], v) for k, v in state.items())
+    with pytest.raises(SystemExit, match="input channels"):
+        T.initial_weights({**config, "prior": False})
+    with pytest.raises(SystemExit, match="architecture"):
+        T.initial_weights({**config, "channels": [8, 16, 32, 64]})

@@ -497,6 +497,8 @@ def run(config: dict) -> None:
                       deform=config.get("deform", 0.0))
     n_in = len(input_channels(config))
     generic = build_net(n_in, config["channels"])
+    if config.get("init_from") and not (run_dir / "generic.pt").exists():
+        generic.load_state_dict(initial_weights(config))
     train_net(generic, sampler, config["generic_iterations"], config["batch"], config["lr"], run_dir / "generic.pt")
     boxes = subvolumes(tpl["brain"], tuple(config["grid"]), config["overlap"])
     for i, box in enumerate(boxes):
@@ -507,6 +509,29 @@ def run(config: dict) -> None:
         train_net(net, sampler, config["special_iterations"], config["batch"], config["lr"] * 0.3, ck,
                   region=box)
     LOGGER.info("done")
+
+
+def initial_weights(config: dict) -> dict:
+    """State dict of the generic net of the exported model ``config["init_from"]`` (a model folder,
+    hash-checked, never unpickled), to fine-tune instead of starting from scratch: adapting a trained
+    model to a site's unlabelled scans (``real_canvases``) takes minutes. The specialists are then
+    initialised from the adapted generic net, as in the recipe (hierarchical specialisation).
+
+    The model must have this config's input channels and architecture; otherwise the error says
+    which differs.
+    """
+    from bids_app.lesion_model import architecture, load_ensemble
+
+    folder = ROOT / config["init_from"]
+    meta, generic, _, _ = load_ensemble(folder)
+    wanted = {"input channels": (input_channels(config), meta["input"]["channels"]),
+              "architecture": (architecture(len(input_channels(config)), config["channels"]), meta["architecture"])}
+    for what, (ours, theirs) in wanted.items():
+        if ours != theirs:
+            raise SystemExit(f"init_from {folder}: its {what} ({theirs}) differ from this config's ({ours}); "
+                             "start from a model trained with the same input channels and network, or drop init_from.")
+    LOGGER.info("starting from the generic net of %s (sha256 %s)", folder, meta["sha256"][:12])
+    return generic.state_dict()
 
 
 def load_nets(config: dict):
