@@ -812,8 +812,9 @@ def _transductive_section(card: dict) -> str:
 
 The same folds with the held-out image added as one more *unlabelled* canvas: real lesion shapes are
 pasted into it and its bright white matter is left out of the loss, exactly as for `sub-mslong01`; its
-manual labels are never read. This is what a user can do with their own unlabelled scans (add them to
-`real_canvases` and retrain, about 15 minutes on 2 CPU cores); it is not a held-out number.
+manual labels are never read. This is what a user can do with their own unlabelled scans (README: add
+them to `real_canvases` and retrain from scratch, about 15 minutes on 2 CPU cores, or fine-tune a trained
+model with `init_from`, about 7 minutes); it is not a held-out number.
 
 {_table(rows, run=True)}
 
@@ -916,7 +917,8 @@ against the prior channel.
 ## Limits
 Trained on CPU for minutes, with {len(labelled)} labelled real brain(s) and {len(config['real_canvases'])} unlabelled
 FLAIRs. Read the held-out numbers above before trusting it on your data: on the clean 1 mm image it was
-not trained on (`sub-ms07` in fold B) it over-segments several-fold. Validate on your own labels (the app
+not trained on (`sub-ms07` in fold B) it over-segments several-fold and scores below a FLAIR threshold;
+fine-tuning on your own unlabelled scans (`init_from`, README) is what helped there. Validate on your own labels (the app
 writes Dice and lesion-wise F1 when manual labels exist under `derivatives/labels`). The regions'
 infratentorial part is a geometric approximation. Data: Lesjak et al., Neuroinformatics 2018 (CC-BY); ISBI
 2015 challenge data via the ms.lesion R package (GPL-2); bids-dev sources are listed in its README.
