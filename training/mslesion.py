@@ -28,6 +28,9 @@ Recipe (``python -m training.mslesion CONFIG``; resumable, checkpoints in ``run_
    copy of the generic net per sub-volume, initialised from it and fine-tuned on patches centred in
    that sub-volume. At inference each net sees its whole sub-volume; the maps are fused by a
    weighted mean with a separable cosine taper so that seams do not show.
+5. **Adaptation without labels** (``init_from``: an exported model folder): the generic net starts
+   from that model's generic net instead of from scratch, and the specialists are grown from it
+   again; with a site's unlabelled FLAIRs as ``real_canvases`` this adapts the model in minutes.
 """
 
 from __future__ import annotations
@@ -650,7 +653,7 @@ def baseline_name(flair_iqr: float, template_wm: float) -> str:
     return f"threshold FLAIR>{flair_iqr} IQR, WM>{template_wm}"
 
 
-def evaluate_baseline(config: dict, cases: list[dict]) -> list[dict]:
+def evaluate_baseline(cases: list[dict]) -> list[dict]:
     """Rows of :func:`_native_rows` for every point of :data:`BASELINE_GRID` on every labelled case."""
     tpl = load_template()
     tpl_img = sitk.ReadImage(str(templates.get_template_file("T1w")))
@@ -961,7 +964,7 @@ def main(argv=None) -> int:
         export(config, json.loads(metrics_file.read_text()) if metrics_file.exists() else None)
         return 0
     if args.baseline:
-        rows = evaluate_baseline(config, evaluation_cases(Path(config["bids_dir"])))
+        rows = evaluate_baseline(evaluation_cases(Path(config["bids_dir"])))
         out = ROOT / "training" / "results" / f"mslesion_baseline_{time.strftime('%Y-%m-%d')}.json"
         out.write_text(json.dumps({"grid": rows, "cross_validated": cross_validated_baseline(rows)}, indent=1) + "\n")
         LOGGER.info("wrote %s", out)
