@@ -265,3 +265,42 @@ def test_initial_weights_come_from_the_shipped_model_and_must_match_the_config()
         T.initial_weights({**config, "prior": False})
     with pytest.raises(SystemExit, match="architecture"):
         T.initial_weights({**config, "channels": [8, 16, 32, 64]})
+
+
+def test_adapt_fine_tunes_the_shipped_model_on_a_dataset_without_labels(tmp_path, monkeypatch):
+    """``--adapt`` end to end on a synthetic dataset, with a schedule of a few iterations."""
+    import json
+
+    import nibabel as nib
+    import torch
+
+    from bids_app.lesion_model import load_ensemble
+    from bids_app.synthetic import make_lesion_dataset
+
+    bids = make_lesion_dataset(tmp_path / "ds", t1w=False)
+    tpl = T.load_template()
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    core = np.argwhere(tpl["wm"] > 0.9)
+    c = core[len(core) // 2]
+    g = np.indices(tpl["wm"].shape)
+    ball = ((g - c.reshape(3, 1, 1, 1)) ** 2).sum(0) <= 9  # a 3 mm radius lesion in deep white matter
+    nib.save(nib.Nifti1Image(ball.astype(np.uint8), tpl["affine"]), str(masks / "p01_mask.nii.gz"))
+    monkeypatch.setattr(T, "ADAPT_SCHEDULE", {"generic_iterations": 2, "special_iterations": 1, "lr": 0.0005})
+    models = tmp_path / "models"
+    argv = ["training/configs/mslesion.json", "--adapt", str(bids), "--lesion-masks", str(masks),
+            "--models-dir", str(models)]
+    assert T.main([str(T.ROOT / argv[0])] + argv[1:]) == 0
+
+    meta, generic, specialists, _ = load_ensemble(models / "mslesion")  # the hash of the new weights checks out
+    config = json.loads((models / "mslesion" / "training_config.json").read_text())
+    assert config["real_canvases"] == ["sub-01/anat/sub-01_FLAIR.nii.gz"] and config["labelled_canvases"] == {}
+    assert meta["training"]["config"] == str(models / "mslesion" / "training_config.json")
+    shipped = json.loads((T.ROOT / "models/mslesion/metadata.json").read_text())
+    assert meta["sha256"] != shipped["sha256"] and len(specialists) == len(shipped["ensemble"]["boxes"])
+    _, shipped_generic, _, _ = load_ensemble(T.ROOT / "models/mslesion")
+    moved = [not torch.equal(a, b) for a, b in zip(generic.state_dict().values(), shipped_generic.state_dict().values())
+             if a.is_floating_point()]
+    assert any(moved)  # fine-tuned, not copied
+    card = (models / "mslesion" / "README.md").read_text()
+    assert "adapted without labels" in card and shipped["sha256"] in card and meta["sha256"] in card

@@ -537,6 +537,38 @@ def initial_weights(config: dict) -> dict:
     return generic.state_dict()
 
 
+#: The adaptation schedule of ``--adapt``, as measured in the model card
+#: (``training/configs/mslesion_foldB_t1_adapt07_nolabels.json``).
+ADAPT_SCHEDULE = {"generic_iterations": 600, "special_iterations": 150, "lr": 0.0005}
+
+
+def adapt_config(config: dict, bids_dir: Path, lesion_masks: Path, models_dir: Path,
+                 participant_labels: tuple[str, ...] = ()) -> dict:
+    """The config that adapts the model of ``config`` (its ``export_dir``) to a dataset's FLAIRs.
+
+    The FLAIRs are what the app would segment (the ``mslesion`` registry query, pybids) for all or
+    the given participants (labels without ``sub-``); they become unlabelled canvases, no labelled
+    canvas is used, training starts from the model (``init_from``) on :data:`ADAPT_SCHEDULE`, and the
+    result is exported to ``models_dir/mslesion`` (run the app with ``--models-dir models_dir``); the
+    checkpoints (resumable) go to ``models_dir/<name>_run``.
+    """
+    from bids_app.bids import collect_inputs, load_layout, participants
+    from bids_app.tasks import get_task
+
+    layout = load_layout(Path(bids_dir))
+    task = get_task("mslesion")
+    flairs = [image.relpath for subject in participants(layout, tuple(participant_labels))
+              for image in collect_inputs(layout, task, subject)]
+    if not flairs:
+        raise SystemExit(f"{bids_dir} has no FLAIR (anat/*_FLAIR.nii[.gz]) to adapt to.")
+    name = f"mslesion_adapt_{Path(bids_dir).resolve().name}"
+    export_dir = Path(models_dir).resolve() / "mslesion"
+    return {**config, **ADAPT_SCHEDULE, "name": name, "bids_dir": str(Path(bids_dir).resolve()),
+            "lesion_masks": str(Path(lesion_masks).resolve()), "real_canvases": flairs, "labelled_canvases": {},
+            "init_from": config["export_dir"], "run_dir": str(export_dir.parent / f"{name}_run"), "export_dir": str(export_dir),
+            "config_path": str(export_dir / "training_config.json"), "card": {}}
+
+
 def load_nets(config: dict):
     run_dir = ROOT / config["run_dir"]
     tpl = load_template()
@@ -729,7 +761,7 @@ def export(config: dict, metrics: list[dict] | None = None) -> Path:
         "output": {"activation": "sigmoid", "labels": {"lesion": 1}, "threshold": config["threshold"],
                    "search_region": {"template_wm_threshold": 0.5, "dilation_mm": config["search_dilation_mm"]},
                    "min_lesion_mm3": lesions.DEFAULT_MIN_VOLUME_MM3},
-        "training": {"config": f"training/configs/{config['name']}.json"},
+        "training": {"config": config.get("config_path", f"training/configs/{config['name']}.json")},
     }
     if metrics is not None:
         meta["metrics"] = metrics
@@ -815,9 +847,10 @@ def _transductive_section(card: dict) -> str:
 
 The same folds with the held-out image added as one more *unlabelled* canvas: real lesion shapes are
 pasted into it and its bright white matter is left out of the loss, exactly as for `sub-mslong01`; its
-manual labels are never read. This is what a user can do with their own unlabelled scans (README: add
-them to `real_canvases` and retrain from scratch, about 15 minutes on 2 CPU cores, or fine-tune a trained
-model with `init_from`, about 7 minutes); it is not a held-out number.
+manual labels are never read. This is what a user can do with their own unlabelled scans (README:
+`python -m training.mslesion training/configs/mslesion.json --adapt BIDS_DIR ...` fine-tunes the shipped
+model as `_adapt07_nolabels` does, about 7 minutes on 2 CPU cores; `_ms07img` retrains from scratch, about
+15 minutes); it is not a held-out number.
 
 {_table(rows, run=True)}
 
@@ -930,6 +963,31 @@ infratentorial part is a geometric approximation. Data: Lesjak et al., Neuroinfo
     return out / "README.md"
 
 
+def write_adapted_card(config: dict) -> Path:
+    """A short model card for a model adapted by ``--adapt`` (no labels were seen, so no metrics)."""
+    out = Path(config["export_dir"])
+    meta = json.loads((out / "metadata.json").read_text())
+    start = json.loads((ROOT / config["init_from"] / "metadata.json").read_text())
+    text = f"""# {meta['name']} {meta['version']}, adapted without labels
+
+sha256 of `model.safetensors`: `{meta['sha256']}`.
+
+Fine-tuned from `{config['init_from']}` (sha256 `{start['sha256']}`; see its card for the architecture,
+recipe and measured accuracy) by `python -m training.mslesion ... --adapt {config['bids_dir']}`: its generic
+net trained {config['generic_iterations']} more iterations (lr {config['lr']}) and {len(meta['ensemble']['boxes'])} specialists grown from it
+({config['special_iterations']} iterations each), on real lesion shapes ({config['lesion_masks']}) pasted into the
+{len(config['real_canvases'])} unlabelled FLAIRs of that dataset (their bright white matter left out of the loss) and into
+synthetic brains. The full config is `training_config.json` beside this card.
+
+No labels were used, so this folder carries no accuracy of its own. The shipped card's table "labels held
+out, image seen unlabelled" measures what this kind of adaptation changed on the scans we could check.
+Validate on a few of your own labelled scans (the app writes Dice and lesion-wise F1 when manual labels
+exist under `derivatives/labels`) before relying on it.
+"""
+    (out / "README.md").write_text(text)
+    return out / "README.md"
+
+
 def evaluation_cases(d: Path) -> list[dict]:
     """The real evaluation cases under the bids-dev root ``d``: ``{"flair", "labels"}`` (paths as str);
     sub-mslong01's two sessions have no labels (volumes only)."""
@@ -953,6 +1011,12 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline", action="store_true",
                     help="measure the FLAIR-threshold baseline on the labelled cases (cross-validated between them) "
                          "into training/results/mslesion_baseline_<date>.json")
+    ap.add_argument("--adapt", type=Path, metavar="BIDS_DIR",
+                    help="fine-tune the config's exported model on the FLAIRs of this BIDS dataset, without labels "
+                         "(needs --lesion-masks and --models-dir)")
+    ap.add_argument("--lesion-masks", type=Path, help="with --adapt: the folder of MNI lesion masks (*_mask.nii.gz)")
+    ap.add_argument("--models-dir", type=Path, help="with --adapt: where the adapted model folder mslesion/ is written")
+    ap.add_argument("--participant-label", nargs="+", default=(), help="with --adapt: only these participants")
     ap.add_argument("--card", action="store_true", help="write the model card from metrics.json")
     ap.add_argument("--export", action="store_true", help="write models/mslesion from the run (with its metrics.json)")
     args = ap.parse_args(argv)
@@ -962,6 +1026,18 @@ def main(argv=None) -> int:
     if args.export:
         metrics_file = ROOT / config["run_dir"] / "metrics.json"
         export(config, json.loads(metrics_file.read_text()) if metrics_file.exists() else None)
+        return 0
+    if args.adapt:
+        if not (args.lesion_masks and args.models_dir):
+            ap.error("--adapt needs --lesion-masks and --models-dir")
+        config = adapt_config(config, args.adapt, args.lesion_masks, args.models_dir,
+                              tuple(p.removeprefix("sub-") for p in args.participant_label))
+        out = Path(config["export_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "training_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        run(config)
+        export(config)
+        write_adapted_card(config)
         return 0
     if args.baseline:
         rows = evaluate_baseline(evaluation_cases(Path(config["bids_dir"])))
