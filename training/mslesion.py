@@ -849,7 +849,7 @@ The same folds with the held-out image added as one more *unlabelled* canvas: re
 pasted into it and its bright white matter is left out of the loss, exactly as for `sub-mslong01`; its
 manual labels are never read. This is what a user can do with their own unlabelled scans (README:
 `python -m training.mslesion training/configs/mslesion.json --adapt BIDS_DIR ...` fine-tunes the shipped
-model as `_adapt07_nolabels` does, about 7 minutes on 2 CPU cores; `_ms07img` retrains from scratch, about
+model as `_adapt07_nolabels` does, 7-8 minutes on 2 CPU cores; `_ms07img` retrains from scratch, about
 15 minutes); it is not a held-out number.
 
 {_table(rows, run=True)}
