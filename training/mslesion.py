@@ -1032,9 +1032,9 @@ def main(argv=None) -> int:
             ap.error("--adapt needs --lesion-masks and --models-dir")
         config = adapt_config(config, args.adapt, args.lesion_masks, args.models_dir,
                               tuple(p.removeprefix("sub-") for p in args.participant_label))
-        out = Path(config["export_dir"])
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "training_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        config_file = Path(config["config_path"])  # what the exported metadata names as its training config
+        config_file.parent.mkdir(parents=True, exist_ok=True)
+        config_file.write_text(json.dumps(config, indent=2) + "\n")
         run(config)
         export(config)
         write_adapted_card(config)
