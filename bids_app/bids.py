@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bids_app.errors import DatasetError
+from bids_app.errors import ConfigError, DatasetError
 from bids_app.tasks import Task
 
 LOGGER = logging.getLogger(__name__)
@@ -37,9 +37,42 @@ class InputImage:
         return self.path.name.split(".")[0]
 
 
-def load_layout(bids_dir: Path, database_dir: Path | None = None):
-    """Index ``bids_dir`` with pybids (cached in ``database_dir`` so reruns are instant).
+#: Name of the file, inside the pybids database folder, that records which dataset state it indexes.
+FINGERPRINT_FILE = "neuroseg_fingerprint.json"
 
+
+def dataset_fingerprint(bids_dir: Path) -> str:
+    """sha256 over the relative path, size and mtime (ns) of every file pybids would index.
+
+    ``derivatives/``, ``sourcedata/``, ``code/`` and dot-files are left out, as pybids leaves them
+    out, so that writing derivatives inside the dataset does not invalidate the index. Walking a
+    200-participant dataset takes well under a second; no file is read.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    skip_top = {"derivatives", "sourcedata", "code"}
+    for folder, dirs, files in os.walk(bids_dir):
+        rel = Path(folder).relative_to(bids_dir)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (rel == Path(".") and d in skip_top))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            try:
+                stat = (Path(folder) / name).stat()
+            except OSError:  # a dangling link: part of the state as "missing"
+                digest.update(f"{rel / name}\0missing\n".encode())
+                continue
+            digest.update(f"{rel / name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def load_layout(bids_dir: Path, database_dir: Path | None = None):
+    """Index ``bids_dir`` with pybids, reusing the index in ``database_dir`` only while it is valid.
+
+    The database folder holds :data:`FINGERPRINT_FILE` with the :func:`dataset_fingerprint` and the
+    dataset path it was built from; a database whose fingerprint or dataset differs (a participant
+    added, a file replaced) is rebuilt, with an INFO line, so that a stale index never hides data.
     Derivatives and ``.bidsignore``d paths are not indexed; labels are looked up separately.
     """
     from bids import BIDSLayout, BIDSLayoutIndexer
@@ -50,13 +83,30 @@ def load_layout(bids_dir: Path, database_dir: Path | None = None):
     # pybids' default ignores (code/, sourcedata/, dot-files) apply; derivatives are not indexed.
     indexer = BIDSLayoutIndexer(validate=False)
     kwargs = {}
+    stamp = {}
     if database_dir is not None:
         database_dir.mkdir(parents=True, exist_ok=True)
-        kwargs["database_path"] = database_dir
+        stamp = {"dataset": str(bids_dir), "fingerprint": dataset_fingerprint(bids_dir)}
+        stamp_file = database_dir / FINGERPRINT_FILE
+        try:
+            previous = json.loads(stamp_file.read_text())
+        except (OSError, ValueError):
+            previous = None
+        reset = previous != stamp
+        if reset and previous is not None:
+            LOGGER.info("The dataset changed since the pybids index in %s was built; re-indexing.", database_dir)
+        # Remove the stamp before re-indexing so that a run killed mid-index rebuilds next time.
+        stamp_file.unlink(missing_ok=True) if reset else None
+        kwargs.update(database_path=database_dir, reset_database=reset)
     try:
-        return BIDSLayout(str(bids_dir), validate=False, indexer=indexer, **kwargs)
+        layout = BIDSLayout(str(bids_dir), validate=False, indexer=indexer, **kwargs)
     except Exception as exc:  # pybids raises many types for broken datasets
         raise DatasetError(f"pybids could not index {bids_dir}: {exc}") from exc
+    if stamp and not (database_dir / FINGERPRINT_FILE).is_file():
+        from bids_app.outputs import write_json
+
+        write_json(database_dir / FINGERPRINT_FILE, stamp)
+    return layout
 
 
 def participants(layout, requested: tuple[str, ...] = ()) -> list[str]:
@@ -137,28 +187,49 @@ def read_filter_file(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"Cannot read --bids-filter-file {path}: {exc}") from exc
+        raise ConfigError(f"Cannot read --bids-filter-file {path} ({exc}); it must be a JSON file, e.g. "
+                          '{"spinalcord": {"suffix": ["T2w"]}}.') from exc
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise DatasetError(f"--bids-filter-file {path} must map task names (or 'all') to pybids filters, "
+        raise ConfigError(f"--bids-filter-file {path} must map task names (or 'all') to pybids filters, "
                            'e.g. {"spinalcord": {"suffix": ["T2w"]}}.')
     return data
 
 
-def validate_dataset(bids_dir: Path) -> None:
-    """Run the BIDS validator (``bids-validator-deno``) and refuse a dataset with errors."""
+def validate_dataset(bids_dir: Path) -> dict[str, list[str]]:
+    """Run the BIDS validator (``bids-validator-deno``) on ``bids_dir``.
+
+    Errors that the validator locates in a file of a participant (``/sub-*/...``, e.g. an unreadable
+    NIfTI header) do not condemn the dataset: they are returned as ``{relative path: [error codes]}``
+    so that the caller skips (and reports) just those files. Any other error (no
+    ``dataset_description.json``, a malformed top-level file, an error without a location) raises
+    :class:`DatasetError`.
+    """
     # The validator is installed beside the app's interpreter, which may not be on PATH.
     search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     exe = shutil.which("bids-validator-deno", path=search)
     if exe is None:
         LOGGER.warning("No BIDS validator found on PATH; skipping validation (install bids-validator-deno).")
-        return
+        return {}
     result = subprocess.run([exe, str(bids_dir), "--json", "--ignoreWarnings"], capture_output=True, text=True)
     if result.returncode == 0:
-        return
+        return {}
     try:
-        issues = json.loads(result.stdout)["issues"]["issues"]
-        codes = sorted({i.get("code", "?") for i in issues if i.get("severity") == "error"})
+        issues = [i for i in json.loads(result.stdout)["issues"]["issues"] if i.get("severity") == "error"]
     except (ValueError, KeyError, TypeError):
-        codes = [result.stderr.strip()[-500:] or "unknown"]
-    raise DatasetError(f"The BIDS validator found errors in {bids_dir}: {', '.join(codes)}. Fix them, "
-                       "or pass --skip-bids-validation if you know the inputs are usable.")
+        raise DatasetError(f"The BIDS validator could not check {bids_dir}: "
+                           f"{result.stderr.strip()[-500:] or 'unknown error'}. Pass --skip-bids-validation "
+                           "if you know the inputs are usable.") from None
+    per_file: dict[str, list[str]] = {}
+    dataset_level = set()
+    for issue in issues:
+        location = str(issue.get("location") or "").lstrip("/")
+        if location.startswith("sub-") and "/" in location:
+            per_file.setdefault(location, []).append(issue.get("code", "?"))
+        else:
+            dataset_level.add(f"{issue.get('code', '?')}{' (' + location + ')' if location else ''}")
+    if dataset_level or (issues and not per_file):
+        raise DatasetError(f"The BIDS validator found errors in {bids_dir}: {', '.join(sorted(dataset_level)) or 'unknown'}. "
+                           "Fix them, or pass --skip-bids-validation if you know the inputs are usable.")
+    for path, codes in sorted(per_file.items()):
+        LOGGER.warning("BIDS validator: %s has errors (%s); it is skipped.", path, ", ".join(sorted(set(codes))))
+    return {path: sorted(set(codes)) for path, codes in per_file.items()}

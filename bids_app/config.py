@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -45,6 +46,9 @@ class Config:
     nipype_plugin, nipype_plugin_args : Nipype execution plugin (``MultiProc``, ``Linear``, ``SLURM``, ...).
     models_dir : folder holding ``<task>/`` model folders.
     skip_bids_validation : do not run the BIDS validator.
+    bids_database_dir : folder of the pybids index (default ``work_dir/pybids_db``); reused only while
+        the dataset's fingerprint is unchanged (:func:`bids_app.bids.load_layout`).
+    overwrite : reprocess images whose outputs are already complete and current.
     """
 
     bids_dir: Path
@@ -63,9 +67,11 @@ class Config:
     nipype_plugin_args: dict = field(default_factory=dict)
     models_dir: Path = field(default_factory=default_models_dir)
     skip_bids_validation: bool = False
+    bids_database_dir: Path | None = None
+    overwrite: bool = False
     verbosity: int = 0
     version: str = field(default_factory=get_version)
-    run_id: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    run_id: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6])
 
     def to_json(self) -> str:
         """JSON text of the config (paths as strings)."""
@@ -75,6 +81,7 @@ class Config:
     def save(self) -> Path:
         """Write the config to ``<output_dir>/logs/config-<run_id>.json``; returns the path."""
         path = self.output_dir / "logs" / f"config-{self.run_id}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json() + "\n")
+        from bids_app.outputs import atomic_write_bytes
+
+        atomic_write_bytes(path, (self.to_json() + "\n").encode())
         return path

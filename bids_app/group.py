@@ -172,12 +172,13 @@ def plot_lesions(table: pd.DataFrame, load_path: Path, region_path: Path) -> Non
 def _save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
+    import io
+
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def aggregate_mslesion(output_dir: Path) -> list[Path]:
@@ -202,8 +203,27 @@ def aggregate_mslesion(output_dir: Path) -> list[Path]:
 AGGREGATORS = {"spinalcord": aggregate_spinalcord, "mslesion": aggregate_mslesion}
 
 
-def run_group(output_dir: Path, tasks: tuple[str, ...]) -> list[Path]:
-    """Run every requested task's aggregation; fails if none had anything to aggregate."""
+def participants_without_outputs(output_dir: Path, bids_dir: Path | None, tasks: tuple[str, ...]) -> dict[str, list[str]]:
+    """``{task: [sub-<label>, ...]}``: participants of the raw dataset (its ``sub-*`` folders) with
+    no group-table input under ``output_dir`` for that task (not run yet, or failed: see
+    ``logs/failed.tsv``). Only folder names are read, not the images."""
+    if bids_dir is None or not Path(bids_dir).is_dir():
+        return {}
+    everyone = sorted(p.name for p in Path(bids_dir).glob("sub-*") if p.is_dir())
+    pattern = {"spinalcord": "*_label-{label}_desc-*levels_morph.tsv", "mslesion": "*_label-{label}_desc-*summary_morph.tsv"}
+    missing = {}
+    for task in tasks:
+        label = get_task(task).label
+        done = {p for p in everyone if any((output_dir / p).glob(f"**/{pattern[task].format(label=label)}"))}
+        missing[task] = [p for p in everyone if p not in done]
+    return missing
+
+
+def run_group(output_dir: Path, tasks: tuple[str, ...], bids_dir: Path | None = None) -> list[Path]:
+    """Run every requested task's aggregation; fails if none had anything to aggregate.
+
+    Participants of ``bids_dir`` without outputs are skipped, named in a warning and in the report.
+    """
     written, errors = [], []
     for task in tasks:
         try:
@@ -212,11 +232,17 @@ def run_group(output_dir: Path, tasks: tuple[str, ...]) -> list[Path]:
             errors.append(exc)
     if not written:
         raise errors[0] if errors else NothingToAggregateError(f"Nothing to aggregate in {output_dir}.")
-    written.append(write_report(output_dir, written))
+    missing = participants_without_outputs(output_dir, bids_dir, tasks)
+    for task, subjects in missing.items():
+        if subjects:
+            LOGGER.warning("group %s: %d participant(s) have no outputs and are left out: %s (see "
+                           "logs/failed.tsv)", task, len(subjects), " ".join(subjects[:20]) +
+                           (" ..." if len(subjects) > 20 else ""))
+    written.append(write_report(output_dir, written, missing))
     return written
 
 
-def write_report(output_dir: Path, written: list[Path]) -> Path:
+def write_report(output_dir: Path, written: list[Path], missing: dict[str, list[str]] | None = None) -> Path:
     """``group_report.html``: every cohort table written by this run (as HTML tables) and its figures.
 
     Self-contained apart from the figures, which it links relative to ``output_dir`` so that the
@@ -236,6 +262,10 @@ def write_report(output_dir: Path, written: list[Path]) -> Path:
             parts.append(table.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, classes="t"))
         elif path.suffix == ".png":
             parts.append(f"<h3>{rel}</h3><img src=\"{rel}\" alt=\"{rel}\">")
+    for task, subjects in (missing or {}).items():
+        if subjects:
+            parts.append(f"<h2>{html.escape(task)}: {len(subjects)} participant(s) without outputs</h2>"
+                         f"<p>{html.escape(' '.join(subjects))} (not run, or failed: see logs/failed.tsv)</p>")
     style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table.t{border-collapse:collapse;font-size:12px}"
              "table.t td,table.t th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}")
     report = output_dir / "group_report.html"

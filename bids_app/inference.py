@@ -16,7 +16,6 @@ is the same on both grids).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,18 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from bids_app.errors import ModelError
-from bids_app.inference_meta import read_metadata
+from bids_app.inference_meta import read_metadata, sha256_of, verified_weights  # noqa: F401 (re-exported)
 
 LOGGER = logging.getLogger(__name__)
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_network(architecture: dict[str, Any]) -> torch.nn.Module:
@@ -74,21 +64,6 @@ class ModelBundle:
     @property
     def sha256(self) -> str:
         return self.metadata["sha256"]
-
-
-def verified_weights(folder: Path) -> tuple[dict[str, Any], Path]:
-    """``(metadata, weights path)`` of a model folder, after checking the weights' sha256 against
-    ``metadata.json`` (ModelError, with how to fix it, when missing or different)."""
-    folder = Path(folder)
-    metadata = read_metadata(folder)
-    weights = folder / metadata.get("weights", "model.safetensors")
-    if not weights.is_file():
-        raise ModelError(f"Model weights {weights} are missing; the model folder is incomplete.")
-    actual = sha256_of(weights)
-    if actual != metadata["sha256"]:
-        raise ModelError(f"sha256 mismatch for {weights}: expected {metadata['sha256']}, found {actual}. "
-                         "The file is corrupt or was replaced; restore it from the release.")
-    return metadata, weights
 
 
 def load_model(folder: Path, device: str = "cpu") -> ModelBundle:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,7 +15,52 @@ def read_metadata(folder: Path) -> dict:
     if not meta_path.is_file():
         raise ModelError(f"No metadata.json in model folder {folder}; reinstall neuroseg or point "
                          "--models-dir at a folder holding <task>/metadata.json.")
-    return json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{meta_path} cannot be read ({exc}); restore the model folder from the release.") from exc
+    missing = [key for key in ("name", "version", "sha256", "task") if key not in meta]
+    if not isinstance(meta, dict) or missing:
+        raise ModelError(f"{meta_path} lacks {', '.join(missing) or 'its fields'}; restore the model folder "
+                         "from the release.")
+    return meta
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verified_weights(folder: Path) -> tuple[dict, Path]:
+    """``(metadata, weights path)`` of a model folder, after checking the weights' sha256 against
+    ``metadata.json`` (ModelError, with how to fix it, when missing or different)."""
+    folder = Path(folder)
+    metadata = read_metadata(folder)
+    weights = folder / metadata.get("weights", "model.safetensors")
+    if not weights.is_file():
+        raise ModelError(f"Model weights {weights} are missing; the model folder is incomplete.")
+    actual = sha256_of(weights)
+    if actual != metadata["sha256"]:
+        raise ModelError(f"sha256 mismatch for {weights}: expected {metadata['sha256']}, found {actual}. "
+                         "The file is corrupt or was replaced; restore it from the release.")
+    return metadata, weights
+
+
+def verify_model(folder: Path, task: str) -> dict:
+    """Check, before any work starts, that ``folder`` holds the model of ``task`` with intact weights.
+
+    A model folder of another task (folders swapped) or weights whose sha256 differs from
+    ``metadata.json`` raise :class:`ModelError` (exit 4). Returns the metadata.
+    """
+    metadata, _ = verified_weights(folder)
+    if metadata["task"] != task:
+        raise ModelError(f"The model in {folder} is for task '{metadata['task']}', not '{task}'; the model "
+                         "folders were swapped: restore them or fix --models-dir.")
+    return metadata
 
 
 def model_reference(folder: Path) -> dict[str, str]:

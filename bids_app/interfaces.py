@@ -218,6 +218,7 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     version = traits.Str(mandatory=True, desc="app version")
     extra = traits.Dict(desc="more sidecar fields")
     other_sources = traits.List(traits.Str, desc="raw-dataset paths of other images used (listed in Sources)")
+    source_digests = traits.Dict(desc="sha256 of every input file (sidecar SourceDigests, checked on resume)")
 
 
 class _SinkOutputSpec(TraitedSpec):
@@ -230,13 +231,21 @@ class DerivativesSink(SimpleInterface):
     input_spec = _SinkInputSpec
     output_spec = _SinkOutputSpec
 
+    @staticmethod
+    def relpath(inputs) -> Path:
+        """Path of the derivative under ``output_dir``, from the node's static inputs (known before
+        the run, so that a rerun can tell whether an image's outputs are complete)."""
+        ext = ".tsv" if inputs.suffix == "morph" else ".nii.gz"
+        return outputs.derivative_relpath(inputs.source_entities, inputs.label, inputs.suffix, ext,
+                                          inputs.desc_extra)
+
     def _run_interface(self, runtime):
-        ext = ".tsv" if self.inputs.in_file.endswith(".tsv") else ".nii.gz"
-        relpath = outputs.derivative_relpath(self.inputs.source_entities, self.inputs.label, self.inputs.suffix,
-                                             ext, self.inputs.desc_extra)
+        relpath = self.relpath(self.inputs)
         extra = dict(self.inputs.extra) if isdefined(self.inputs.extra) else {}
-        if ext == ".nii.gz":  # images stay on the source image's grid
+        if relpath.name.endswith(".nii.gz"):  # images stay on the source image's grid
             extra.setdefault("SpatialReference", f"bids:raw:{self.inputs.source_relpath}")
+        if isdefined(self.inputs.source_digests):
+            extra["SourceDigests"] = dict(self.inputs.source_digests)
         content = outputs.sidecar(self.inputs.source_relpath,
                                   self.inputs.model if isdefined(self.inputs.model) else None,
                                   self.inputs.version,

@@ -14,7 +14,15 @@ participant and session stay apart (BIDS: ``desc`` distinguishes files no other 
 Every file gets a sidecar with ``Sources`` (BIDS URIs ``bids:raw:<path>``, the dataset link ``raw``
 being declared in ``dataset_description.json``), the model's name, version and sha256, and the app
 version. Files are written to a temporary name in the same folder and renamed, so a reader never sees
-a half-written file.
+a half-written file; a temporary left by a killed run (hidden, named after its host and process) is
+removed by the next run (:func:`remove_stale_temporaries`).
+
+Resuming
+--------
+Every sidecar also records ``SourceDigests`` (sha256 of every file the result depends on: the image,
+its companions, user labels). An image's outputs are *current* when every expected file and sidecar
+exists and the sidecars name the same digests, model sha256 and app version
+(:func:`outputs_current`); a rerun skips those images.
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,10 +61,16 @@ def derivative_relpath(source_entities: dict, label: str, suffix: str, extension
     return folder / source_entities.get("datatype", "anat") / f"{name}_{suffix}{extension}"
 
 
+def _temp_prefix(name: str) -> str:
+    # Host and pid in the name let the next run tell a dead writer's leftovers from a live one's
+    # (several SLURM jobs may share one output_dir).
+    return f".{name}.neuroseg-{socket.gethostname()}-{os.getpid()}-"
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -62,6 +78,31 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(output_dir: Path, max_age_s: float = 3600.0) -> int:
+    """Delete temporaries of :func:`atomic_write_bytes` whose writer is gone; returns how many.
+
+    A temporary of this host is stale when its process no longer exists; one of another host when
+    it is older than ``max_age_s`` (writing one output never takes that long).
+    """
+    host = socket.gethostname()
+    removed = 0
+    for tmp in Path(output_dir).rglob(".*.neuroseg-*.tmp"):
+        try:
+            writer_host, pid = tmp.name.rsplit(".neuroseg-", 1)[1].rsplit("-", 2)[:2]
+            if writer_host == host:
+                stale = not Path(f"/proc/{int(pid)}").exists()
+            else:
+                stale = time.time() - tmp.stat().st_mtime > max_age_s
+            if stale:
+                tmp.unlink()
+                removed += 1
+        except (ValueError, OSError):
+            continue
+    if removed:
+        LOGGER.info("Removed %d temporary file(s) left by an interrupted run in %s.", removed, output_dir)
+    return removed
 
 
 def atomic_copy(src: Path, dst: Path) -> None:
@@ -90,16 +131,41 @@ def sidecar(source_relpath: str, model: dict[str, str] | None, version: str, *, 
 
 def write_output(output_dir: Path, in_file: Path, relpath: Path, sidecar_content: dict[str, Any]) -> Path:
     """Copy ``in_file`` to ``output_dir/relpath`` and write its sidecar next to it; returns the path."""
-    dst = output_dir / relpath
+    dst, side = (output_dir / p for p in expected_files(relpath))
+    # The image first, its sidecar last: a sidecar (with its digests) vouches for a complete file.
     atomic_copy(in_file, dst)
-    name = dst.name
-    for ext in (".nii.gz", ".nii", ".tsv"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-            break
-    write_json(dst.with_name(name + ".json"), sidecar_content)
+    write_json(side, sidecar_content)
     LOGGER.debug("wrote %s", dst)
     return dst
+
+
+def expected_files(relpath: Path) -> tuple[Path, Path]:
+    """``(output, sidecar)`` relative paths of one derivative."""
+    name = relpath.name
+    for ext in (".nii.gz", ".nii", ".tsv"):
+        if name.endswith(ext):
+            return relpath, relpath.with_name(name[: -len(ext)] + ".json")
+    return relpath, relpath.with_name(name + ".json")
+
+
+def outputs_current(output_dir: Path, relpaths: Sequence[Path], digests: dict[str, str], model_sha256: str | None,
+                    version: str) -> bool:
+    """Whether every derivative in ``relpaths`` exists with a sidecar naming the same
+    ``SourceDigests``, model sha256 and app version (then a rerun may skip the image)."""
+    if not relpaths:
+        return False
+    for relpath in relpaths:
+        output, side = (output_dir / p for p in expected_files(relpath))
+        if not output.is_file():
+            return False
+        try:
+            meta = json.loads(side.read_text())
+        except (OSError, ValueError):
+            return False
+        if (meta.get("SourceDigests") != digests or meta.get("GeneratedBy", {}).get("Version") != version
+                or (meta.get("Model") or {}).get("SHA256") != model_sha256):
+            return False
+    return True
 
 
 def write_dataset_description(output_dir: Path, bids_dir: Path, version: str, labels: dict[str, str]) -> None:

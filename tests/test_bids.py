@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bids_app import bids
-from bids_app.errors import DatasetError
+from bids_app.errors import ConfigError, DatasetError
 from bids_app.tasks import get_task
 
 TASK = get_task("spinalcord")
@@ -49,7 +49,7 @@ def test_filter_file(tmp_path):
     assert bids.task_filters({"all": {"session": "A"}}, "spinalcord") == {"session": "A"}
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
-    with pytest.raises(DatasetError, match="must map task names"):
+    with pytest.raises(ConfigError, match="must map task names"):
         bids.read_filter_file(bad)
 
 
@@ -81,8 +81,31 @@ def test_validator_rejects_broken_dataset(tmp_path, synthetic_bids):
     shutil.copytree(synthetic_bids, broken)
     (broken / "sub-01" / "anat" / "sub-01_T2w.nii.gz").write_bytes(b"not a nifti")
     (broken / "sub-01" / "anat" / "sub-01_bogus-file.txt").write_text("x")
-    with pytest.raises(DatasetError, match="BIDS validator"):
+    # Errors inside a participant's folder skip just those files ...
+    assert bids.validate_dataset(broken) == {"sub-01/anat/sub-01_T2w.nii.gz": ["NIFTI_HEADER_UNREADABLE"],
+                                             "sub-01/anat/sub-01_bogus-file.txt": ["NOT_INCLUDED"]}
+    # ... an error at the dataset level refuses the dataset.
+    (broken / "bogus.txt").write_text("x")
+    with pytest.raises(DatasetError, match="BIDS validator.*bogus.txt"):
         bids.validate_dataset(broken)
+
+
+def test_stale_index_is_rebuilt(tmp_path, synthetic_bids, caplog):
+    """A participant added after the index was built is found (the index is keyed by a fingerprint)."""
+    import logging
+    import shutil
+
+    ds = tmp_path / "ds"
+    shutil.copytree(synthetic_bids, ds)
+    db = tmp_path / "db"
+    assert bids.load_layout(ds, db).get_subjects() == ["01", "02"]
+    assert sorted(bids.load_layout(ds, db).get_subjects()) == ["01", "02"]  # reused, still right
+    shutil.copytree(ds / "sub-01", ds / "sub-03")
+    for f in (ds / "sub-03").rglob("*.nii.gz"):
+        f.rename(f.with_name(f.name.replace("sub-01", "sub-03")))
+    with caplog.at_level(logging.INFO, logger="bids_app.bids"):
+        assert sorted(bids.load_layout(ds, db).get_subjects()) == ["01", "02", "03"]
+    assert "re-indexing" in caplog.text
 
 
 def test_find_companion_same_session_without_contrast_agent(tmp_path):

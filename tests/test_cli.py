@@ -77,9 +77,10 @@ def test_missing_model_exits_4(small_bids, tmp_path):
 
 
 def test_invalid_dataset_exits_3(small_bids, tmp_path):
+    """An error the validator places outside any participant's folder condemns the dataset."""
     broken = tmp_path / "broken"
     shutil.copytree(small_bids, broken)
-    (broken / "sub-01" / "anat" / "sub-01_nonsense.txt").write_text("x")
+    (broken / "nonsense.txt").write_text("x")
     code = main([str(broken), str(tmp_path / "out"), "participant", "--device", "cpu", "-w", str(tmp_path / "w")])
     assert code == 3
 
