@@ -147,8 +147,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
     if _inside(database_dir, bids_dir) and not _inside(database_dir, bids_dir / "derivatives"):
         raise ConfigError(f"--bids-database-dir {database_dir} is inside bids_dir; put it elsewhere.")
     _check_writable(output_dir, "output_dir")
-    if args.analysis_level == "participant":
-        _check_writable(work_dir, "--work-dir")
+    _check_writable(work_dir, "--work-dir")
     filters = {}
     if args.bids_filter_file is not None:
         from bids_app.bids import read_filter_file
@@ -265,6 +264,25 @@ _OS_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is
               errno.EPERM: "permission denied"}
 
 
+def contain_side_files(work_dir: Path) -> None:
+    """Send every library's scratch and cache files into ``work_dir`` and keep them offline.
+
+    Without this a run writes outside ``output_dir`` and the work dir: the multiprocessing
+    forkserver's socket folder in ``$TMPDIR``, matplotlib's font cache in ``~/.cache`` (imported by
+    MONAI), the BIDS validator's (deno) caches in ``~/.cache/deno`` — and deno checks online for
+    updates. Children (workers, the validator) inherit the environment.
+    """
+    cache = work_dir / ".cache"
+    folders = {"TMPDIR": work_dir / "tmp", "XDG_CACHE_HOME": cache, "MPLCONFIGDIR": cache / "matplotlib",
+               "DENO_DIR": cache / "deno"}
+    for name, folder in folders.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ[name] = str(folder)
+    os.environ["DENO_NO_UPDATE_CHECK"] = "1"
+    os.environ["NIPYPE_NO_ET"] = "1"  # Nipype's version check online (etelemetry)
+    tempfile.tempdir = None  # re-read TMPDIR
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code. No traceback reaches the console: it goes to the log file."""
     os.environ.setdefault("NIPYPE_NO_ET", "1")
@@ -278,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     log_file = config.output_dir / "logs" / f"neuroseg-{config.analysis_level}-{config.run_id}.log"
     try:
+        contain_side_files(config.work_dir)
         setup_logging(config.verbosity, log_file)
     except OSError as exc:
         logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")

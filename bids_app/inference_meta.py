@@ -19,7 +19,7 @@ def read_metadata(folder: Path) -> dict:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
         raise ModelError(f"{meta_path} cannot be read ({exc}); restore the model folder from the release.") from exc
-    missing = [key for key in ("name", "version", "sha256", "task") if key not in meta]
+    missing = [key for key in ("name", "version", "sha256") if key not in meta]
     if not isinstance(meta, dict) or missing:
         raise ModelError(f"{meta_path} lacks {', '.join(missing) or 'its fields'}; restore the model folder "
                          "from the release.")
@@ -57,8 +57,8 @@ def verify_model(folder: Path, task: str) -> dict:
     ``metadata.json`` raise :class:`ModelError` (exit 4). Returns the metadata.
     """
     metadata, _ = verified_weights(folder)
-    if metadata["task"] != task:
-        raise ModelError(f"The model in {folder} is for task '{metadata['task']}', not '{task}'; the model "
+    if metadata.get("task", task) != task:
+        raise ModelError(f"The model in {folder} is for task '{metadata.get('task')}', not '{task}'; the model "
                          "folders were swapped: restore them or fix --models-dir.")
     return metadata
 

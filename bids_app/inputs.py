@@ -110,7 +110,12 @@ def load_checked(path: Path) -> tuple[nib.Nifti1Image, NDArray[np.float32]]:
     affine and header (qform, sform, units) holding ``data``. Raises :class:`InputImageError`
     for any problem listed in the module docstring (checks 1-12).
     """
-    path = Path(path)
+    image, data, _ = _load_checked(Path(path))
+    return image, data
+
+
+def _load_checked(path: Path) -> tuple[nib.Nifti1Image, NDArray[np.float32], int]:
+    """:func:`load_checked` plus the number of NaN/Inf voxels that were set to 0."""
     name = path.name
     img = check_header(path)
     try:
@@ -148,7 +153,7 @@ def load_checked(path: Path) -> tuple[nib.Nifti1Image, NDArray[np.float32]]:
     out = type(img)(data, img.affine, img.header)
     out.set_data_dtype(np.float32)
     out.header.set_slope_inter(None, None)
-    return out, data
+    return out, data, n_bad
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -347,3 +352,14 @@ def _check_file_size(path: Path, img: nib.Nifti1Image, shape: tuple[int, ...]) -
             f"{path.name} is truncated or corrupt (its header announces {needed} bytes but the file "
             f"has {size}); copy or convert it again."
         )
+
+
+def checked_path(path: Path, folder: Path) -> Path:
+    """``path`` after :func:`load_checked`; when voxels had to be replaced (NaN/Inf set to 0), a
+    cleaned copy written in ``folder`` is returned instead, for readers (SimpleITK) that take a file."""
+    image, data, n_bad = _load_checked(Path(path))
+    if not n_bad:
+        return Path(path)
+    cleaned = Path(folder) / f"{Path(path).name.split('.')[0]}_finite.nii.gz"
+    nib.save(image, str(cleaned))
+    return cleaned

@@ -17,6 +17,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, SimpleInterfac
 
 from bids_app import measures, outputs
 from bids_app.inference_meta import read_metadata
+from bids_app.inputs import InputImageError, load_checked
 
 LOGGER = logging.getLogger(__name__)
 
@@ -57,9 +58,7 @@ class Reorient(SimpleInterface):
     output_spec = _ReorientOutputSpec
 
     def _run_interface(self, runtime):
-        img = nib.load(self.inputs.in_file)
-        if img.ndim != 3:
-            raise ValueError(f"{self.inputs.in_file} has {img.ndim} dimensions; a 3D image is expected.")
+        img, _ = load_checked(Path(self.inputs.in_file))  # refuses truncated data, NaN-filled images
         canonical = nib.as_closest_canonical(img)
         self._results["out_file"] = _out_path(runtime.cwd, self.inputs.in_file, "ras")
         _save_like(np.asarray(canonical.dataobj, dtype=np.float32), canonical, self._results["out_file"], np.float32)
@@ -121,6 +120,13 @@ class Binarise(SimpleInterface):
         spec = read_metadata(Path(self.inputs.model_dir))["output"]
         img = nib.load(self.inputs.in_file)
         mask = measures.binarise(np.asarray(img.dataobj), spec["threshold"], spec.get("largest_component", False))
+        # The model's own minimum (metadata ``min_volume_mm3``): less is noise, not a structure in view.
+        volume = float(mask.sum()) * float(np.prod(img.header.get_zooms()[:3]))
+        if volume < spec.get("min_volume_mm3", 0.0) or not mask.any():
+            raise InputImageError(f"No {spec.get('structure', 'structure')} found in {Path(self.inputs.in_file).name}: "
+                                  f"{volume:.0f} mm³ reach the model's threshold {spec['threshold']} (at least "
+                                  f"{spec.get('min_volume_mm3', 0):g} needed); check that the image covers it, or "
+                                  "leave the image out with --bids-filter-file.")
         self._results["out_file"] = _out_path(runtime.cwd, self.inputs.in_file, "mask")
         self._results["threshold"] = float(spec["threshold"])
         _save_like(mask, img, self._results["out_file"], np.uint8)

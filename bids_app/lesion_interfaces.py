@@ -20,6 +20,7 @@ from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObje
                                     isdefined, traits)
 
 from bids_app.inference_meta import read_metadata
+from bids_app.inputs import checked_path
 from bids_app.interfaces import _out_path as _out, _save_like
 
 LOGGER = logging.getLogger(__name__)
@@ -85,8 +86,9 @@ class ToTemplate(SimpleInterface):
 
         from bids_app import preprocessing, templates
 
+        in_file = checked_path(Path(self.inputs.in_file), Path(runtime.cwd))  # truncated, NaN, 4D ...
         tsi = preprocessing.to_template_space(
-            sitk.ReadImage(self.inputs.in_file), sitk.ReadImage(str(templates.get_template_file("T1w"))),
+            sitk.ReadImage(str(in_file)), sitk.ReadImage(str(templates.get_template_file("T1w"))),
             sitk.ReadImage(str(templates.get_template_file("mask", desc="brain"))),
             bias_correction=self.inputs.bias_correction, threads=max(1, self.inputs.num_threads))
         self._results["out_file"] = _out(runtime.cwd, self.inputs.in_file, "space-template")

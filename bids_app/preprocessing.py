@@ -45,6 +45,12 @@ LOGGER = logging.getLogger(__name__)
 
 DEFAULT_SEED = 20240611
 
+#: Plausible volume (mL) of the head/brain mask of an image that shows a brain (:func:`brain_mask`);
+#: outside it the image shows no brain (a spine scan, noise, an empty field of view) and registering
+#: it to the template would give nonsense. Adult intracranial volume is about 1100-1900 mL; the lower
+#: bound leaves room for a partial-coverage slab and for the small test phantoms (about 360 mL).
+BRAIN_MASK_RANGE_ML = (150.0, 3000.0)
+
 _INTERPOLATORS = {
     "linear": sitk.sitkLinear,
     "nearest": sitk.sitkNearestNeighbor,
@@ -729,6 +735,13 @@ def to_template_space(
     moving_mask = sitk.Cast(subject_brain, sitk.sitkFloat32)
     volumes = [float(sitk.GetArrayViewFromImage(m).sum()) * float(np.prod(m.GetSpacing()))
                for m in (moving_mask, fixed_mask)]
+    low, high = BRAIN_MASK_RANGE_ML
+    if not low <= volumes[0] / 1000.0 <= high:
+        from bids_app.inputs import InputImageError
+
+        raise InputImageError(f"No brain found in the image: its brain mask is {volumes[0] / 1000.0:.0f} mL, outside "
+                              f"the {low:.0f}-{high:.0f} mL of a brain; check that it is a head scan covering the "
+                              "brain, or leave it out with --bids-filter-file.")
     # One thread: ITK's multi-threaded metric sums in a varying order, and the optimiser amplifies
     # that; with 2 threads two runs on one FLAIR differed by 2 % in scale and 0.6 mm in shift,
     # and the lesion volume by up to 15 %. Single-threaded it is bit-reproducible (and 2 mm is fast).
