@@ -67,6 +67,13 @@ def dataset_fingerprint(bids_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def require_dataset(bids_dir: Path) -> None:
+    """Refuse a folder without ``dataset_description.json`` (not a BIDS dataset, or not its root)."""
+    if not (bids_dir / "dataset_description.json").is_file():
+        raise DatasetError(f"{bids_dir} has no dataset_description.json: it is not a BIDS dataset. "
+                           "Point bids_dir at the dataset root.")
+
+
 def load_layout(bids_dir: Path, database_dir: Path | None = None):
     """Index ``bids_dir`` with pybids, reusing the index in ``database_dir`` only while it is valid.
 
@@ -77,9 +84,7 @@ def load_layout(bids_dir: Path, database_dir: Path | None = None):
     """
     from bids import BIDSLayout, BIDSLayoutIndexer
 
-    if not (bids_dir / "dataset_description.json").is_file():
-        raise DatasetError(f"{bids_dir} has no dataset_description.json: it is not a BIDS dataset. "
-                           "Point bids_dir at the dataset root.")
+    require_dataset(bids_dir)
     # pybids' default ignores (code/, sourcedata/, dot-files) apply; derivatives are not indexed.
     indexer = BIDSLayoutIndexer(validate=False)
     kwargs = {}
@@ -204,6 +209,7 @@ def validate_dataset(bids_dir: Path) -> dict[str, list[str]]:
     ``dataset_description.json``, a malformed top-level file, an error without a location) raises
     :class:`DatasetError`.
     """
+    require_dataset(bids_dir)
     # The validator is installed beside the app's interpreter, which may not be on PATH.
     search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     exe = shutil.which("bids-validator-deno", path=search)

@@ -4,10 +4,10 @@
 |------|---------|
 | 0 | success |
 | 1 | unexpected internal error (a bug: please report it with the log) |
-| 2 | invalid command line or configuration (argparse also uses 2) |
+| 2 | invalid command line or configuration, folders that cannot be written (argparse also uses 2) |
 | 3 | the BIDS dataset is invalid or has no input for the requested tasks |
-| 4 | a model could not be loaded (missing, corrupt, wrong sha256) or the device is unavailable |
-| 5 | the workflow ran but at least one node failed (see the crash files in the log folder) |
+| 4 | a model could not be loaded (missing, corrupt, wrong sha256, another task's) or the device is unavailable |
+| 5 | at least one image failed (input checks or a node); the others finished (``logs/failed.tsv``) |
 | 6 | group level: nothing to aggregate in ``output_dir`` |
 """
 

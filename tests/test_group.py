@@ -77,3 +77,17 @@ def test_group_lesion_table_and_figures(tmp_path):
     assert '<img src="figures/group_lesions_regions.png"' in report and "ses-B" in report
     with pytest.raises(NothingToAggregateError, match="--tasks mslesion"):
         group.run_group(tmp_path / "empty", ("mslesion",))
+
+
+def test_participants_without_outputs_are_named(tmp_path):
+    """The group level leaves out (and names) participants of the dataset that have no outputs."""
+    from bids_app.group import participants_without_outputs
+
+    for subject in ("01", "02", "03"):
+        (tmp_path / "ds" / f"sub-{subject}" / "anat").mkdir(parents=True)
+    done = tmp_path / "out" / "sub-02" / "anat" / "sub-02_label-SC_desc-T2wlevels_morph.tsv"
+    done.parent.mkdir(parents=True)
+    done.write_text("level\tcsa_mean_mm2\n2\t70\n")
+    missing = participants_without_outputs(tmp_path / "out", tmp_path / "ds", ("spinalcord", "mslesion"))
+    assert missing == {"spinalcord": ["sub-01", "sub-03"], "mslesion": ["sub-01", "sub-02", "sub-03"]}
+    assert participants_without_outputs(tmp_path / "out", None, ("spinalcord",)) == {}
