@@ -61,6 +61,17 @@ def derivative_relpath(source_entities: dict, label: str, suffix: str, extension
     return folder / source_entities.get("datatype", "anat") / f"{name}_{suffix}{extension}"
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: mkstemp creates files readable by their owner only; outputs get the usual permissions instead
+#: (0666 less the umask), so that a lab's group can read what one member computed.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 def _temp_prefix(name: str) -> str:
     # Host and pid in the name let the next run tell a dead writer's leftovers from a live one's
     # (several SLURM jobs may share one output_dir).
@@ -72,6 +83,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)

@@ -40,3 +40,16 @@ def test_dataset_description(tmp_path):
     assert desc["GeneratedBy"][0] == {"Name": "neuroseg", "Version": "0.1.0"}
     assert desc["DatasetLinks"]["raw"] == "/data/raw"
     assert (tmp_path / "desc-labels_dseg.tsv").read_text().splitlines()[1] == "1\tspinal cord\tSC"
+
+
+def test_outputs_are_readable_by_others_under_the_usual_umask(tmp_path):
+    """mkstemp makes 0600 files; a derivative gets 0666 less the umask (0644 under umask 022)."""
+    import os
+
+    from bids_app.outputs import _FILE_MODE, atomic_write_bytes
+
+    atomic_write_bytes(tmp_path / "a.txt", b"x")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == _FILE_MODE
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert _FILE_MODE == 0o666 & ~mask and _FILE_MODE & 0o044 == 0o044 & ~mask
