@@ -70,20 +70,31 @@ def _peak_rss_mb(pid: int, stop: threading.Event, peak: list[float]) -> None:
         time.sleep(0.5)
 
 
-def _run(cmd: list[str], log: Path, kill_after: float | None = None) -> tuple[int, float, float]:
-    """``(exit code, seconds, peak RSS MB of the main process)``; SIGKILL of the group after ``kill_after``."""
+def _written(out: Path) -> int:
+    return sum(1 for _ in out.glob("sub-*/anat/*")) if out.exists() else 0
+
+
+def _run(cmd: list[str], log: Path, kill_after: float | None = None, kill_at_files: int | None = None,
+         out: Path | None = None) -> tuple[int, float, float]:
+    """``(exit code, seconds, peak RSS MB of the main process)``. The whole process group gets SIGKILL
+    ``kill_after`` seconds in, or as soon as ``out`` holds ``kill_at_files`` participant-level files
+    (a moment inside the writing of some participant's outputs)."""
     start = time.monotonic()
     with open(log, "w") as handle:
         proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=app_env(), start_new_session=True)
         stop, peak = threading.Event(), [0.0]
         watcher = threading.Thread(target=_peak_rss_mb, args=(proc.pid, stop, peak), daemon=True)
         watcher.start()
-        try:
-            code = proc.wait(timeout=kill_after)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            code = proc.wait()
-            time.sleep(1.0)  # let the kernel reap the group
+        while proc.poll() is None:
+            late = kill_after is not None and time.monotonic() - start >= kill_after
+            far = kill_at_files is not None and _written(out) >= kill_at_files
+            if late or far:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                time.sleep(1.0)  # let the kernel reap the group
+                break
+            time.sleep(0.02)
+        code = proc.returncode
         stop.set()
     return code, time.monotonic() - start, peak[0]
 
@@ -105,17 +116,24 @@ def resume(args) -> dict:
     rng = random.Random(args.seed)
     kills = []
     cmd = _participant(bids, folder / "killed" / "out", folder / "killed" / "work", filters, ["spinalcord"])
+    out = folder / "killed" / "out"
+    total = _written(folder / "ref" / "out")
+    # The first kill at a random moment of the computing phase; the others at random points of the
+    # writing phase (counted in files written), where a kill could leave a half-written file.
+    targets = sorted(rng.sample(range(1, total), args.kills - 1))
     for k in range(args.kills):
-        moment = rng.uniform(3.0, 0.9 * ref_s)
-        code, seconds, _ = _run(cmd, folder / f"killed-{k}.log", kill_after=moment)
-        out = folder / "killed" / "out"
+        moment = rng.uniform(3.0, 0.6 * ref_s) if k == 0 else None
+        code, seconds, _ = _run(cmd, folder / f"killed-{k}.log", kill_after=moment,
+                                kill_at_files=None if k == 0 else targets[k - 1], out=out)
         partial = "none"
         try:
             assert_no_partial_files(out) if out.exists() else None
         except AssertionError as exc:  # hidden temporaries of the killed writer are reported here
             partial = str(exc)[:300]
         done = len(list(out.glob("sub-*/anat/*_mask.nii.gz"))) if out.exists() else 0
-        kills.append({"kill_after_s": round(moment, 1), "exit": code, "masks_done": done, "partial_files": partial})
+        kills.append({"killed_after_s": round(seconds, 1), "target": f"{moment:.1f} s" if k == 0 else
+                      f"{targets[k - 1]} of {total} files", "exit": code, "files_written": _written(out),
+                      "masks_done": done, "partial_files": partial})
     final_code, final_s, _ = _run(cmd, folder / "final.log")
     ref_files, got = _files(folder / "ref" / "out"), _files(folder / "killed" / "out")
     differ = sorted(k for k in set(ref_files) | set(got) if ref_files.get(k) != got.get(k))

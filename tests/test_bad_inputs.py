@@ -378,3 +378,18 @@ def test_real_full_disk(good, tmp_path):
         assert_no_partial_files(out)
     finally:
         subprocess.run(["umount", str(out)], check=False)
+
+
+def test_no_brain_in_the_field_of_view(tmp_path):
+    """A spine image given as FLAIR: refused with a sentence before registration makes nonsense."""
+    ds = make_dataset(tmp_path / "ds", {"01": [None]})
+    shutil.copy(_t2w(ds, "01"), ds / "sub-01" / "anat" / "sub-01_FLAIR.nii.gz")
+    out = tmp_path / "out"
+    result = run_app(APP, [ds, out, "participant", "--tasks", "mslesion", "--nprocs", "2", "--device", "cpu",
+                           "-w", tmp_path / "w"], timeout=300)
+    assert result.returncode == 5, result.stderr[-2000:]
+    assert "No brain found" in result.stderr and "sub-01_FLAIR.nii.gz" in result.stderr, result.stderr[-2000:]
+    assert "No brain found" in (out / "logs" / "failed.tsv").read_text()
+    assert not list(out.glob("sub-01/**/*_mask.nii.gz"))
+    assert_clean_console(result)
+    assert_no_partial_files(out)

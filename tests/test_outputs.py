@@ -53,3 +53,24 @@ def test_outputs_are_readable_by_others_under_the_usual_umask(tmp_path):
     mask = os.umask(0o022)
     os.umask(mask)
     assert _FILE_MODE == 0o666 & ~mask and _FILE_MODE & 0o044 == 0o044 & ~mask
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    """A temporary of a killed writer (dead pid, this host) goes; a live writer's stays."""
+    import os
+    import socket
+    import subprocess
+
+    from bids_app.outputs import remove_stale_temporaries
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    folder = tmp_path / "sub-01" / "anat"
+    folder.mkdir(parents=True)
+    stale = folder / f".x_mask.nii.gz.neuroseg-{host}-{dead.pid}-abc123.tmp"
+    live = folder / f".x_probseg.nii.gz.neuroseg-{host}-{os.getpid()}-def456.tmp"
+    stale.write_bytes(b"half")
+    live.write_bytes(b"half")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert not stale.exists() and live.exists()
