@@ -200,7 +200,11 @@ def setup_logging(verbosity: int, log_file: Path | None = None) -> None:
         root.addHandler(to_file)
         handlers.append(to_file)
     nipype_level = ("WARNING", "INFO", "DEBUG")[min(verbosity, 2)]
-    os.environ["NEUROSEG_NIPYPE_LOG_LEVEL"] = nipype_level  # read by the workers (bids_app.interfaces)
+    # Read by the workers (bids_app.interfaces): level, log file, console or not.
+    os.environ["NEUROSEG_NIPYPE_LOG_LEVEL"] = nipype_level
+    os.environ["NEUROSEG_NIPYPE_CONSOLE"] = "1" if verbosity else "0"
+    if log_file is not None:
+        os.environ["NEUROSEG_LOG_FILE"] = str(log_file)
     nipype_config.update_config({"logging": {"workflow_level": nipype_level, "interface_level": nipype_level,
                                              "utils_level": nipype_level}})
     nipype_logging.update_logging(nipype_config)

@@ -21,11 +21,22 @@ from bids_app.inputs import InputImageError, load_checked
 
 LOGGER = logging.getLogger(__name__)
 
-# MultiProc workers start from a fork server with Nipype's default (INFO) log levels; the CLI passes
-# the run's level through the environment and this module, imported by every worker, applies it.
+# MultiProc workers start from a fork server with Nipype's default (INFO) log levels and console
+# handlers; the CLI passes the run's level and log file through the environment and this module,
+# imported by every worker, applies them: a worker's node errors go to the log file (the main
+# process reports each failure in one line), and to the console only with -v.
 if os.environ.get("NEUROSEG_NIPYPE_LOG_LEVEL"):
+    _log_file = os.environ.get("NEUROSEG_LOG_FILE")
+    _to_console = os.environ.get("NEUROSEG_NIPYPE_CONSOLE") == "1"
     for _name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
-        logging.getLogger(_name).setLevel(os.environ["NEUROSEG_NIPYPE_LOG_LEVEL"])
+        _logger = logging.getLogger(_name)
+        _logger.setLevel(os.environ["NEUROSEG_NIPYPE_LOG_LEVEL"])
+        if _log_file and not _to_console and not any(isinstance(h, logging.FileHandler) for h in _logger.handlers):
+            _handler = logging.FileHandler(_log_file, delay=True)  # append mode: whole lines from each process
+            _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [worker %(process)d]: "
+                                                    "%(message)s"))
+            _logger.handlers[:] = [_handler]
+            _logger.propagate = False
 
 
 def _out_path(runtime_cwd: str, in_file: str, suffix: str, ext: str = ".nii.gz") -> str:
