@@ -86,7 +86,7 @@ def init_single_subject_wf(config: Config, layout, subject: str, plan: Plan,
         images = bids.collect_inputs(layout, task, subject, config.session_label,
                                      bids.task_filters(config.bids_filters, task_name))
         if not images:
-            LOGGER.warning("sub-%s: no input for task %s", subject, task_name)
+            LOGGER.info("sub-%s: no input for task %s", subject, task_name)  # common: not every participant has every contrast
             continue
         module, factory = task.workflow.rsplit(".", 1)
         init_task_wf = getattr(importlib.import_module(module), factory)
