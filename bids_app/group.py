@@ -29,11 +29,15 @@ GROUP_CSA_COLUMNS = {
 }
 _ENTITY = re.compile(r"(sub|ses|desc)-([a-zA-Z0-9]+)")
 
+#: Per task, the participant-level table each group row comes from (file-name glob; ``{label}`` is the task's label).
+SOURCE_TABLES = {"spinalcord": "*_label-{label}_desc-*levels_morph.tsv",
+                 "mslesion": "*_label-{label}_desc-*summary_morph.tsv"}
+
 
 def collect_csa(output_dir: Path, label: str) -> pd.DataFrame:
     """Concatenate every per-level CSA table under ``output_dir`` into one cohort table."""
     frames = []
-    for tsv in sorted(output_dir.glob(f"sub-*/**/*_label-{label}_desc-*levels_morph.tsv")):
+    for tsv in sorted(output_dir.glob("sub-*/**/" + SOURCE_TABLES["spinalcord"].format(label=label))):
         entities = dict(_ENTITY.findall(tsv.name))
         sidecar = json.loads(tsv.with_suffix(".json").read_text()) if tsv.with_suffix(".json").is_file() else {}
         table = pd.read_csv(tsv, sep="\t", dtype={"level": str})
@@ -113,7 +117,7 @@ def collect_lesions(output_dir: Path, label: str) -> pd.DataFrame:
     from bids_app.lesions import SUMMARY_COLUMNS
 
     frames = []
-    for tsv in sorted(output_dir.glob(f"sub-*/**/*_label-{label}_desc-*summary_morph.tsv")):
+    for tsv in sorted(output_dir.glob("sub-*/**/" + SOURCE_TABLES["mslesion"].format(label=label))):
         entities = dict(_ENTITY.findall(tsv.name))
         sidecar = json.loads(tsv.with_suffix(".json").read_text()) if tsv.with_suffix(".json").is_file() else {}
         table = pd.read_csv(tsv, sep="\t")
@@ -210,11 +214,10 @@ def participants_without_outputs(output_dir: Path, bids_dir: Path | None, tasks:
     if bids_dir is None or not Path(bids_dir).is_dir():
         return {}
     everyone = sorted(p.name for p in Path(bids_dir).glob("sub-*") if p.is_dir())
-    pattern = {"spinalcord": "*_label-{label}_desc-*levels_morph.tsv", "mslesion": "*_label-{label}_desc-*summary_morph.tsv"}
     missing = {}
     for task in tasks:
         label = get_task(task).label
-        done = {p for p in everyone if any((output_dir / p).glob(f"**/{pattern[task].format(label=label)}"))}
+        done = {p for p in everyone if any((output_dir / p).glob("**/" + SOURCE_TABLES[task].format(label=label)))}
         missing[task] = [p for p in everyone if p not in done]
     return missing
 
