@@ -40,8 +40,9 @@ def bench_image(args: tuple[str, str, dict, str, int]) -> dict:
     import numpy as np
 
     from bids_app.config import default_models_dir, get_version
-    from bids_app.inference_meta import model_reference
-    from bids_app.interfaces import Binarise, DerivativesSink, MeasureCSA, Reorient, Segment, ToNative
+    from bids_app.interfaces import DerivativesSink, Reorient
+    from bids_app.models import model_reference
+    from bids_app.spinalcord.interfaces import Binarise, MeasureCSA, Segment, ToNative
 
     model_dir = default_models_dir() / "spinalcord"
     row: dict = {"image": Path(path).name}
@@ -88,10 +89,16 @@ def bench_lesion_image(args: tuple[str, str, dict, str, int, str | None]) -> dic
     import numpy as np
 
     from bids_app.config import default_models_dir, get_version
-    from bids_app.inference_meta import model_reference, read_metadata
     from bids_app.interfaces import DerivativesSink
-    from bids_app.lesion_interfaces import (BinariseLesions, CompanionToTemplate, FromTemplate, MeasureLesions,
-                                            SegmentLesions, ToTemplate)
+    from bids_app.models import model_reference, read_metadata
+    from bids_app.mslesion.interfaces import (
+        BinariseLesions,
+        CompanionToTemplate,
+        FromTemplate,
+        MeasureLesions,
+        SegmentLesions,
+        ToTemplate,
+    )
 
     model_dir = default_models_dir() / "mslesion"
     if "T1w" not in read_metadata(model_dir)["input"]["channels"]:

@@ -225,8 +225,8 @@ def run_participant(config: Config) -> None:
     and the others finish; then :class:`WorkflowError` (exit 5) is raised if anything failed.
     """
     from bids_app import bids, failures, outputs
-    from bids_app.inference_meta import verify_model
-    from bids_app.workflows.base import init_bids_app_wf
+    from bids_app.models import verify_model
+    from bids_app.workflows import init_bids_app_wf
 
     for task in config.tasks:
         verify_model(config.models_dir / REGISTRY[task].model, task)  # fail early: missing, corrupt, swapped

@@ -159,7 +159,7 @@ def synthetic_flair(zooms: tuple[float, float, float] = (1.0, 1.0, 4.0), tilt_de
     """
     from scipy import ndimage
 
-    from bids_app import templates
+    from bids_app.imaging import templates
 
     def arr(path):
         img = nib.load(str(path))

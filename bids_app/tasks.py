@@ -8,9 +8,10 @@ output names and the group level all read this registry; nothing else lists task
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Callable, Mapping
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,9 @@ class Task:
     ``inputs``: pybids query of the images to segment (one workflow per image);
     ``label``: BIDS ``label-`` entity of the outputs; ``model``: folder name under the models dir;
     ``workflow``: dotted path of the ``init_<name>_wf`` factory; ``group_table``: file name of the
-    cohort table written at the group level; ``label_queries``: suffix patterns of user-supplied labels
+    cohort table written at the group level; ``participant_table``: file-name glob of the per-image
+    table each group row comes from (``{label}`` is replaced by ``label``); ``aggregate``: dotted path of
+    the group-level function ``(output_dir) -> [written paths]``; ``label_queries``: suffix patterns of user-supplied labels
     looked up under ``derivatives/labels`` (see :mod:`bids_app.bids`); ``companions``: other images of
     the same participant and session that the model may use beside the segmented one, by channel
     name, each a pybids query (e.g. the T1w beside a FLAIR); the first match in sorted order is used.
@@ -33,6 +36,8 @@ class Task:
     model: str
     workflow: str
     group_table: str
+    participant_table: str
+    aggregate: str
     label_queries: Mapping[str, str] = field(default_factory=dict)
     companions: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     citation: str = ""
@@ -46,8 +51,10 @@ REGISTRY: Mapping[str, Task] = MappingProxyType({
                                  "extension": [".nii", ".nii.gz"]}),
         label="SC",
         model="spinalcord",
-        workflow="bids_app.workflows.spinalcord.init_spinalcord_wf",
+        workflow="bids_app.spinalcord.workflow.init_spinalcord_wf",
         group_table="group_csa.tsv",
+        participant_table="*_label-{label}_desc-*levels_morph.tsv",
+        aggregate="bids_app.spinalcord.group.aggregate",
         label_queries=MappingProxyType({"levels": "label-SC_desc-vertlevels_seg", "discs": "label-disc_seg",
                                         "manual": "label-SC_seg"}),
         citation=("Bédard S, Karthik EN, et al. Towards contrast-agnostic soft segmentation of the spinal cord. "
@@ -60,8 +67,10 @@ REGISTRY: Mapping[str, Task] = MappingProxyType({
         inputs=MappingProxyType({"datatype": "anat", "suffix": "FLAIR", "extension": [".nii", ".nii.gz"]}),
         label="lesion",
         model="mslesion",
-        workflow="bids_app.workflows.mslesion.init_mslesion_wf",
+        workflow="bids_app.mslesion.workflow.init_mslesion_wf",
         group_table="group_lesions.tsv",
+        participant_table="*_label-{label}_desc-*summary_morph.tsv",
+        aggregate="bids_app.mslesion.group.aggregate",
         label_queries=MappingProxyType({"manual": "label-lesion*_seg"}),
         # A plain (no contrast agent) T1w of the same session, co-registered to the FLAIR.
         companions=MappingProxyType({"T1w": MappingProxyType({"datatype": "anat", "suffix": "T1w",
@@ -79,3 +88,13 @@ def get_task(name: str) -> Task:
         return REGISTRY[name]
     except KeyError:
         raise KeyError(f"Unknown task '{name}'; known tasks: {', '.join(REGISTRY)}") from None
+
+
+def load_function(dotted: str) -> Callable:
+    """The function named by a registry entry's dotted path (``package.module.function``).
+
+    Task packages are imported only here, when a run needs them, so that the shared modules never
+    import a task package at import time.
+    """
+    module, name = dotted.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)

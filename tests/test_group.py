@@ -9,6 +9,7 @@ import pytest
 
 from bids_app import group, outputs
 from bids_app.errors import NothingToAggregateError
+from bids_app.spinalcord import group as cord_group
 
 
 def _write_levels(out, entities, rows):
@@ -33,12 +34,12 @@ def test_group_table_mixes_levels_and_slabs(tmp_path):
     assert table["source"].str.startswith("bids:raw:").all()
     assert (tmp_path / "figures" / "group_csa.png") in written
     assert set(json.loads((tmp_path / "group_csa.json").read_text())) >= set(table.columns)
-    order = sorted(["z10-20mm", "3", "z0-10mm", "2"], key=group._level_key)
+    order = sorted(["z10-20mm", "3", "z0-10mm", "2"], key=cord_group._level_key)
     assert order == ["2", "3", "z0-10mm", "z10-20mm"]
 
 
 def test_level_names():
-    assert [group._level_name(v) for v in ("2", "7", "8", "19", "20", "z0-10mm")] == \
+    assert [cord_group._level_name(v) for v in ("2", "7", "8", "19", "20", "z0-10mm")] == \
         ["C2", "C7", "T1", "T12", "L1", "z0-10mm"]
 
 

@@ -8,7 +8,8 @@ import sys
 import nibabel as nib
 import numpy as np
 
-from bids_app.interfaces import Reorient, ToNative
+from bids_app.interfaces import Reorient
+from bids_app.spinalcord.interfaces import ToNative
 
 
 def test_reorient_round_trip_is_exact_for_a_psr_image(tmp_path, monkeypatch):
@@ -28,7 +29,8 @@ def test_reorient_round_trip_is_exact_for_a_psr_image(tmp_path, monkeypatch):
 
 
 def test_workflow_modules_do_not_import_torch():
-    code = ("import sys; import bids_app.cli, bids_app.workflows.base, bids_app.workflows.spinalcord, "
-            "bids_app.workflows.mslesion, bids_app.lesion_interfaces, bids_app.lesions, "
+    code = ("import sys; import bids_app.cli, bids_app.workflows, bids_app.spinalcord.workflow, "
+            "bids_app.mslesion.workflow, bids_app.mslesion.interfaces, bids_app.mslesion.report, "
+            "bids_app.spinalcord.group, bids_app.mslesion.group, bids_app.models, "
             "bids_app.interfaces, bids_app.group, bids_app.bids; sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -1,0 +1,144 @@
+"""Brain masks (from the image, or warped from a template) and robust intensity normalisation.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from bids_app.imaging.grid import _check_image, resample_to
+
+LOGGER = logging.getLogger(__name__)
+
+
+#: Plausible volume (mL) of the head/brain mask of an image that shows a brain (:func:`brain_mask`);
+#: outside it the image shows no brain (a spine scan, noise, an empty field of view) and registering
+#: it to the template would give nonsense. Adult intracranial volume is about 1100-1900 mL; the lower
+#: bound leaves room for a partial-coverage slab and for the small test phantoms (about 360 mL).
+BRAIN_MASK_RANGE_ML = (150.0, 3000.0)
+
+
+def brain_mask(image: sitk.Image, opening_mm: float = 3.0, closing_mm: float = 4.0) -> sitk.Image:
+    """A brain mask of a FLAIR (or T1w), with or without skull, good enough to drive an affine registration.
+
+    1. Otsu threshold of the whole image: brain tissue and scalp are bright, background, skull and
+       CSF dark, so the brain is an island separated from the scalp by the dark skull and CSF.
+    2. Opening against thin bridges: erosion by ``opening_mm`` (ball in mm, at least one voxel per
+       axis, so one slice of a thick-slice scan), the largest connected component kept, dilation by
+       the same amount inside the Otsu foreground.
+    3. Closing by ``closing_mm`` (sulci, dark lesion cores), then holes filled in 3D and slice by
+       slice across the axis with the largest spacing (ventricles open to the edge of a thick slab).
+
+    Returns uint8 0/1 on the image grid. Measured on bids-dev: 1.08 L (sub-ms07, skull-stripped),
+    1.45 L (sub-isbi03, raw 2D with skull), 1.28/1.27 L (sub-mslong01, two sessions), each following the
+    brain surface to the eye. (The previous mask, head eroded by 8 mm and dilated by 4 mm, kept only
+    0.5-0.8 L of these brains, which drew the registration to inflate the brains by 7-40 %.)
+    """
+    _check_image(image)
+    if opening_mm <= 0 or closing_mm <= 0:
+        raise ValueError(f"opening_mm and closing_mm must be > 0, got {opening_mm!r}, {closing_mm!r}.")
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    spacing = image.GetSpacing()
+    fg = sitk.OtsuThreshold(image, 0, 1)
+    radius = [max(1, int(round(opening_mm / sp))) for sp in spacing]
+    core = sitk.BinaryErode(fg, radius)
+    if not np.any(sitk.GetArrayViewFromImage(core)):
+        core = fg
+    core = sitk.RelabelComponent(sitk.ConnectedComponent(core), sortByObjectSize=True) == 1
+    mask = sitk.BinaryDilate(core, radius) & fg
+    mask = sitk.BinaryMorphologicalClosing(mask, [max(1, int(round(closing_mm / sp))) for sp in spacing])
+    mask = sitk.BinaryFillhole(mask)
+    arr = sitk.GetArrayFromImage(mask).astype(bool)  # (k, j, i)
+    axis = 2 - int(np.argmax(spacing))  # numpy axis of the largest spacing
+    arr = np.stack([ndimage.binary_fill_holes(sl) for sl in np.moveaxis(arr, axis, 0)])
+    out = sitk.GetImageFromArray(np.moveaxis(arr, 0, axis).astype(np.uint8))
+    out.CopyInformation(image)
+    return out
+
+
+def brain_mask_from_template(
+    subject: sitk.Image,
+    template_mask: sitk.Image,
+    transform: sitk.Transform,
+    *,
+    threshold: float = 0.5,
+    threads: int | None = None,
+) -> sitk.Image:
+    """Warp a template brain mask into the subject's space (skull stripping by registration).
+
+    ``transform`` is the result of ``affine_register(moving=subject, fixed=template)`` (or
+    ``rigid_register``), i.e. it maps template points to subject points; its inverse, which maps
+    subject points to template points, is used to pull the mask onto the subject grid.
+    The mask is interpolated linearly (as a 0/1 float) and thresholded at ``threshold``: on a
+    thick-slice grid this keeps a voxel when at least half of its centre's neighbourhood is brain,
+    which is smoother than nearest-neighbour.
+
+    Returns
+    -------
+    uint8 image (0/1) on the subject grid.
+    """
+    _check_image(subject, "subject")
+    _check_image(template_mask, "template_mask")
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold!r}.")
+    try:
+        inverse = transform.GetInverse()
+    except RuntimeError as exc:
+        raise ValueError(
+            f"The transform ({transform.GetName()}) is not invertible; pass the linear transform "
+            "returned by affine_register(subject, template)."
+        ) from exc
+    binary = sitk.Cast(template_mask != 0, sitk.sitkFloat32)
+    warped = resample_to(binary, subject, inverse, "linear", 0.0, threads=threads)
+    mask = sitk.Cast(warped >= threshold, sitk.sitkUInt8)
+    mask.CopyInformation(subject)
+    return mask
+
+
+# -------------------------------------------------------------------------------- normalisation
+def normalise_intensity(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Robust per-volume intensity normalisation: ``(x - median) / IQR`` of the voxels in ``mask``.
+
+    ``median`` and ``IQR = q75 - q25`` are computed over the voxels where ``mask`` is non-zero,
+    with numpy's default (linear) percentile interpolation; the formula is then applied to every
+    voxel (also outside the mask). Unlike mean/std (z-scoring), median and IQR are hardly moved by
+    bright lesions, vessels or residual skull in the mask, and unlike min/max they do not depend on
+    a few extreme voxels. For a brain mask on FLAIR the result is about 0 in normal-appearing
+    tissue, and lesions are several IQRs above it.
+
+    Parameters
+    ----------
+    array : any-shape numeric array (e.g. ``(X, Y, Z)``), intensities in arbitrary scanner units.
+    mask : array of the same shape (bool or 0/1), the voxels that define the statistics.
+
+    Returns
+    -------
+    float32 array of the same shape, dimensionless.
+    """
+    array = np.asarray(array)
+    mask = np.asarray(mask)
+    if array.shape != mask.shape:
+        raise ValueError(
+            f"array {array.shape} and mask {mask.shape} differ in shape; resample the mask to the "
+            "image grid (resample_to(mask, image, interpolator='nearest'))."
+        )
+    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise ValueError(f"array must be real-valued, got dtype {array.dtype}.")
+    inside = mask.astype(bool)
+    values = array[inside].astype(np.float64)
+    if values.size == 0:
+        raise ValueError("The mask is empty; pass a brain (or head) mask with at least one voxel.")
+    if not np.isfinite(values).all():
+        raise ValueError("The image holds NaN/inf values inside the mask; clean the image first.")
+    q25, median, q75 = np.percentile(values, [25.0, 50.0, 75.0])
+    iqr = q75 - q25
+    if not iqr > 0:
+        raise ValueError(
+            f"The interquartile range inside the mask is {iqr}: the masked intensities are (nearly) "
+            "constant. Check that the mask covers the brain and the image is not empty."
+        )
+    LOGGER.debug("normalise_intensity: median %.4g, IQR %.4g (%d voxels)", median, iqr, values.size)
+    return ((array.astype(np.float64) - median) / iqr).astype(np.float32)

@@ -1,1 +1,0 @@
-"""Nipype workflow factories (``init_<name>_wf``)."""
