@@ -1,0 +1,124 @@
+"""Training of the lesion ensemble: loss, the resumable loop of one net and the whole recipe (generic net,
+then one specialist per sub-volume, grown from it), optionally starting from an exported model.
+
+Checkpoints in ``run_dir``: ``generic.pt`` and ``special-<i>.pt`` (``{"net", "opt", "it"}``), and a
+``cache/`` of the canvases in template space.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bids_app.mslesion.predict import architecture, build_net, load_ensemble, subvolumes
+from training.common.paths import ROOT
+from training.mslesion.canvases import real_canvas
+from training.mslesion.channels import input_channels
+from training.mslesion.sampler import Sampler
+from training.mslesion.template import lesion_masks_in_template, load_template
+
+LOGGER = logging.getLogger("training.mslesion")
+
+
+def loss_fn(logits, target, weight):
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, weight=weight)
+    prob = torch.sigmoid(logits) * weight
+    t = target * weight
+    dice = 1 - (2 * (prob * t).sum() + 1) / (prob.sum() + t.sum() + 1)
+    return bce + dice
+
+
+def train_net(net, sampler, iterations, batch, lr, ckpt: Path, region=None, log_every=100):
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    start = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        net.load_state_dict(state["net"]); opt.load_state_dict(state["opt"]); start = int(state["it"])
+        LOGGER.info("resumed %s at %d", ckpt, start)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, iterations) / iterations)))
+    for _ in range(start):
+        sched.step()
+    net.train()
+    t0, running = time.time(), 0.0
+    for it in range(start, iterations):
+        xs, ys, ws = [], [], []
+        for _ in range(batch):
+            x, les, w = sampler.sample(region)
+            xs.append(x); ys.append(les[None]); ws.append(w[None])
+        x, y, w = (torch.from_numpy(np.stack(a)) for a in (xs, ys, ws))
+        opt.zero_grad()
+        loss = loss_fn(net(x), y, w)
+        loss.backward(); opt.step(); sched.step()
+        running += loss.item()
+        if (it + 1) % log_every == 0 or it + 1 == iterations:
+            LOGGER.info("%s it %d/%d loss %.4f (%.1f s)", ckpt.parent.name + "/" + ckpt.stem, it + 1,
+                        iterations, running / log_every, time.time() - t0)
+            running = 0.0
+            torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "it": it + 1}, ckpt)
+    net.eval()
+    return net
+
+
+def run(config: dict) -> None:
+    torch.set_num_threads(config.get("threads", 2))
+    torch.manual_seed(config["seed"])
+    run_dir = ROOT / config["run_dir"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tpl = load_template()
+    masks = lesion_masks_in_template(Path(config["lesion_masks"]), tpl)
+    data = Path(config["bids_dir"])
+    t1w = bool(config.get("t1w"))
+    canvases = [real_canvas(data / c, tpl, run_dir / "cache", t1w=t1w,
+                            ignore_percentile=config.get("unlabelled_ignore_percentile"))
+                for c in config["real_canvases"]]
+    for image, labels in config.get("labelled_canvases", {}).items():
+        canvases.append(real_canvas(data / image, tpl, run_dir / "cache", [data / lab for lab in labels], t1w=t1w))
+    LOGGER.info("%d lesion masks, %d real canvases (%d labelled)", len(masks), len(canvases),
+                len(config.get("labelled_canvases", {})))
+    prior = config["prior"]
+    sampler = Sampler(tpl, masks, canvases, config["patch"], config["real_fraction"], config["seed"],
+                      config.get("lesion_contrast", (0.6, 4.0)), config.get("lesion_wm", 0.0),
+                      config.get("labelled_weight", 1.0), config.get("synthetic_t1_fraction", 0.0),
+                      prior=prior, t1w=t1w, t1w_dropout=config.get("t1w_dropout", 0.3),
+                      normal_hyper=config.get("normal_hyper", 0.0), sulci=config.get("sulci", 0.0),
+                      deform=config.get("deform", 0.0))
+    n_in = len(input_channels(config))
+    generic = build_net(n_in, config["channels"])
+    if config.get("init_from") and not (run_dir / "generic.pt").exists():
+        generic.load_state_dict(initial_weights(config))
+    train_net(generic, sampler, config["generic_iterations"], config["batch"], config["lr"], run_dir / "generic.pt")
+    boxes = subvolumes(tpl["brain"], tuple(config["grid"]), config["overlap"])
+    for i, box in enumerate(boxes):
+        net = build_net(n_in, config["channels"])
+        ck = run_dir / f"special-{i:02d}.pt"
+        if not ck.exists():
+            net.load_state_dict(generic.state_dict())
+        train_net(net, sampler, config["special_iterations"], config["batch"], config["lr"] * 0.3, ck,
+                  region=box)
+    LOGGER.info("done")
+
+
+def initial_weights(config: dict) -> dict:
+    """State dict of the generic net of the exported model ``config["init_from"]`` (a model folder,
+    hash-checked, never unpickled), to fine-tune instead of starting from scratch: adapting a trained
+    model to a site's unlabelled scans (``real_canvases``) takes minutes. The specialists are then
+    initialised from the adapted generic net, as in the recipe (hierarchical specialisation).
+
+    The model must have this config's input channels and architecture; otherwise the error says
+    which differs.
+    """
+    folder = ROOT / config["init_from"]
+    meta, generic, _, _ = load_ensemble(folder)
+    wanted = {"input channels": (input_channels(config), meta["input"]["channels"]),
+              "architecture": (architecture(len(input_channels(config)), config["channels"]), meta["architecture"])}
+    for what, (ours, theirs) in wanted.items():
+        if ours != theirs:
+            raise SystemExit(f"init_from {folder}: its {what} ({theirs}) differ from this config's ({ours}); "
+                             "start from a model trained with the same input channels and network, or drop init_from.")
+    LOGGER.info("starting from the generic net of %s (sha256 %s)", folder, meta["sha256"][:12])
+    return generic.state_dict()
