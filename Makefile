@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO ?= demo
 export NIPYPE_NO_ET := 1
 
-.PHONY: demo test test-slow lint bench clean
+.PHONY: demo test test-slow browser lint bench clean
 
 $(BIN)/neuroseg: pyproject.toml version
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ demo: $(BIN)/neuroseg
 ## test: the default suite (fast, CPU, no shared data needed)
 test: $(BIN)/neuroseg
 	$(BIN)/python -m pytest
+
+## browser: install Debian's chromium for the headless-browser tests (tests/browser.py); `make test` does
+## not need it (those tests skip without it), .ci/run calls this first
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+browser:
+	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; else \
+	  command -v apt-get >/dev/null 2>&1 || { echo "make browser: no apt-get; install chromium yourself" >&2; exit 1; }; \
+	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; fi
 
 ## test-slow: slow tests too (CSA drift on ../shared/data when present)
 test-slow: $(BIN)/neuroseg

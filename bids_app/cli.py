@@ -224,7 +224,7 @@ def run_participant(config: Config) -> None:
     fail the header checks, the validator or any node are listed in ``output_dir/logs/failed.tsv``
     and the others finish; then :class:`WorkflowError` (exit 5) is raised if anything failed.
     """
-    from bids_app import bids, failures, outputs
+    from bids_app import bids, failures, outputs, progress
     from bids_app.models import verify_model
     from bids_app.workflows import init_bids_app_wf
 
@@ -258,10 +258,12 @@ def run_participant(config: Config) -> None:
             # deadlock; a fork server starts them from a clean process (hence the __main__ guards).
             plugin_args.setdefault("mp_context", "forkserver")
         LOGGER.info("Running %d image workflow(s) with %s.", len(plan.jobs), config.nipype_plugin)
-        try:
-            workflow.run(plugin=config.nipype_plugin, plugin_args=plugin_args)
-        except RuntimeError as exc:  # some node failed; which ones is read from the crash files
-            LOGGER.debug("Nipype: %s", exc)
+        # A bar on a terminal, periodic "progress:" lines otherwise (bids_app.progress).
+        with progress.watch(workflow, plan.jobs, config.nipype_plugin, plugin_args, config.verbosity):
+            try:
+                workflow.run(plugin=config.nipype_plugin, plugin_args=plugin_args)
+            except RuntimeError as exc:  # some node failed; which ones is read from the crash files
+                LOGGER.debug("Nipype: %s", exc)
         found += failures.from_crash_dir(crash_dir, plan.jobs)
     table = failures.write_failed_tsv(config.output_dir, found)
     if found:
