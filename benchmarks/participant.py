@@ -91,14 +91,7 @@ def bench_lesion_image(args: tuple[str, str, dict, str, int, str | None]) -> dic
     from bids_app.config import default_models_dir, get_version
     from bids_app.interfaces import DerivativesSink
     from bids_app.models import model_reference, read_metadata
-    from bids_app.mslesion.interfaces import (
-        BinariseLesions,
-        CompanionToTemplate,
-        FromTemplate,
-        MeasureLesions,
-        SegmentLesions,
-        ToTemplate,
-    )
+    from bids_app.mslesion import interfaces as nodes
 
     model_dir = default_models_dir() / "mslesion"
     if "T1w" not in read_metadata(model_dir)["input"]["channels"]:
@@ -111,27 +104,27 @@ def bench_lesion_image(args: tuple[str, str, dict, str, int, str | None]) -> dic
         row["load_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        tpl = ToTemplate(in_file=path, num_threads=threads).run().outputs
+        tpl = nodes.ToTemplate(in_file=path, num_threads=threads).run().outputs
         row["preprocess_s"] = time.perf_counter() - t0
         row.update({f"{k}_s": v for k, v in tpl.seconds.items()})  # n4, registration, resampling
 
         t0 = time.perf_counter()
         extra = {}
         if t1w:
-            extra["t1w_file"] = CompanionToTemplate(in_file=t1w, reference=path, transform_file=tpl.transform_file,
+            extra["t1w_file"] = nodes.CompanionToTemplate(in_file=t1w, reference=path, transform_file=tpl.transform_file,
                                                     num_threads=threads).run().outputs.out_file
         row["t1w_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        prob = SegmentLesions(in_file=tpl.out_file, model_dir=str(model_dir), device=device,
+        prob = nodes.SegmentLesions(in_file=tpl.out_file, model_dir=str(model_dir), device=device,
                               num_threads=threads, **extra).run().outputs.out_file
         row["inference_s"] = time.perf_counter() - t0
         row["inference_peak_mb"] = _peak_mb()
 
         t0 = time.perf_counter()
-        native = FromTemplate(in_file=prob, transform_file=tpl.transform_file, reference=path).run().outputs.out_file
-        binarised = BinariseLesions(in_file=native, model_dir=str(model_dir)).run().outputs
-        measured = MeasureLesions(mask_file=binarised.out_file, transform_file=tpl.transform_file,
+        native = nodes.FromTemplate(in_file=prob, transform_file=tpl.transform_file, reference=path).run().outputs.out_file
+        binarised = nodes.BinariseLesions(in_file=native, model_dir=str(model_dir)).run().outputs
+        measured = nodes.MeasureLesions(mask_file=binarised.out_file, transform_file=tpl.transform_file,
                                   min_lesion_mm3=binarised.min_lesion_mm3).run().outputs
         row["measure_s"] = time.perf_counter() - t0
 

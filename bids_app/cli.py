@@ -184,6 +184,9 @@ def setup_logging(verbosity: int, log_file: Path | None = None) -> None:
     from nipype import config as nipype_config
     from nipype import logging as nipype_logging
 
+    # A log file on a full or vanished disk must not print logging's own tracebacks on the console
+    # (the run reports the disk problem in one sentence).
+    logging.raiseExceptions = False
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(fmt)
@@ -266,6 +269,7 @@ def run_participant(config: Config) -> None:
                 LOGGER.debug("Nipype: %s", exc)
         found += failures.from_crash_dir(crash_dir, plan.jobs)
     table = failures.write_failed_tsv(config.output_dir, found)
+    _write_participant_reports(config)
     if found:
         for failure in found:
             LOGGER.error("FAILED %s: %s", failure.image, failure.reason)
@@ -275,6 +279,20 @@ def run_participant(config: Config) -> None:
     if not plan.jobs:
         LOGGER.info("Every requested image already has complete, current outputs in %s; nothing to do "
                     "(pass --overwrite to reprocess).", config.output_dir)
+
+
+def _write_participant_reports(config: Config) -> None:
+    """``sub-<label>.html`` of the run's participants (all with outputs when none was named). A report
+    that cannot be built is logged, not fatal: the derivatives are complete without it and the next run
+    rebuilds it."""
+    from bids_app.reports.participant import write_participant_reports
+
+    try:
+        write_participant_reports(config.output_dir, [f"sub-{p}" for p in config.participant_label] or None)
+    except Exception as exc:  # noqa: BLE001 (the segmentations are written; a report bug must not hide them)
+        LOGGER.error("Could not write the participant reports (%s: %s); details in the log file.",
+                     type(exc).__name__, exc)
+        LOGGER.debug("report traceback", exc_info=True)
 
 
 #: Seconds between two rounds of Nipype's scheduler (see run_participant).

@@ -110,37 +110,13 @@ def run_group(output_dir: Path, tasks: tuple[str, ...], bids_dir: Path | None = 
             LOGGER.warning("group %s: %d participant(s) have no outputs and are left out: %s (see "
                            "logs/failed.tsv)", task, len(subjects), " ".join(subjects[:20]) +
                            (" ..." if len(subjects) > 20 else ""))
-    written.append(write_report(output_dir, written, missing))
+    written.append(write_report(output_dir, written, missing, tuple(tasks)))
     return written
 
 
-def write_report(output_dir: Path, written: list[Path], missing: dict[str, list[str]] | None = None) -> Path:
-    """``group_report.html``: every cohort table written by this run (as HTML tables) and its figures.
+def write_report(output_dir: Path, written: list[Path], missing: dict[str, list[str]] | None = None,
+                 tasks: tuple[str, ...] | None = None) -> Path:
+    """``group_report.html``: see :mod:`bids_app.reports.group_page`."""
+    from bids_app.reports.group_page import write_group_report
 
-    Self-contained apart from the figures, which it links relative to ``output_dir`` so that the
-    folder can be moved or shared as a whole.
-    """
-    import html
-
-    from bids_app.config import get_version
-
-    parts = [f"<h1>neuroseg {html.escape(get_version())}: group report</h1>",
-             f"<p>Derivatives folder: <code>{html.escape(str(output_dir))}</code></p>"]
-    for path in written:
-        rel = html.escape(str(path.relative_to(output_dir)))
-        if path.suffix == ".tsv":
-            table = pd.read_csv(path, sep="\t", keep_default_na=False)
-            parts.append(f"<h2>{rel}</h2><p>{len(table)} rows; column definitions in the .json sidecar.</p>")
-            parts.append(table.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, classes="t"))
-        elif path.suffix == ".png":
-            parts.append(f"<h3>{rel}</h3><img src=\"{rel}\" alt=\"{rel}\">")
-    for task, subjects in (missing or {}).items():
-        if subjects:
-            parts.append(f"<h2>{html.escape(task)}: {len(subjects)} participant(s) without outputs</h2>"
-                         f"<p>{html.escape(' '.join(subjects))} (not run, or failed: see logs/failed.tsv)</p>")
-    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table.t{border-collapse:collapse;font-size:12px}"
-             "table.t td,table.t th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}")
-    report = output_dir / "group_report.html"
-    atomic_write_bytes(report, (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>neuroseg group report"
-                                f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>\n").encode())
-    return report
+    return write_group_report(output_dir, written, missing, tasks)

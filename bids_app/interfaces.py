@@ -12,7 +12,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
+from nipype.interfaces.base import (BaseInterfaceInputSpec, File, InputMultiObject, OutputMultiObject, SimpleInterface,
+                                    TraitedSpec, isdefined, traits)
 
 from bids_app import outputs
 from bids_app.inputs import load_checked
@@ -104,10 +105,13 @@ class DerivativesSink(SimpleInterface):
     @staticmethod
     def relpath(inputs) -> Path:
         """Path of the derivative under ``output_dir``, from the node's static inputs (known before
-        the run, so that a rerun can tell whether an image's outputs are complete)."""
-        ext = ".tsv" if inputs.suffix == "morph" else ".nii.gz"
-        return outputs.derivative_relpath(inputs.source_entities, inputs.label, inputs.suffix, ext,
-                                          inputs.desc_extra)
+        the run, so that a rerun can tell whether an image's outputs are complete). QC figures
+        (suffix ``qc``) go to the participant's ``figures/`` folder, as fMRIPrep's do."""
+        entities = dict(inputs.source_entities)
+        if inputs.suffix == outputs.FIGURE_SUFFIX:
+            entities["datatype"] = "figures"
+        ext = {"morph": ".tsv", outputs.FIGURE_SUFFIX: ".png"}.get(inputs.suffix, ".nii.gz")
+        return outputs.derivative_relpath(entities, inputs.label, inputs.suffix, ext, inputs.desc_extra)
 
     def _run_interface(self, runtime):
         relpath = self.relpath(self.inputs)
@@ -124,3 +128,41 @@ class DerivativesSink(SimpleInterface):
         self._results["out_file"] = str(outputs.write_output(Path(self.inputs.output_dir), Path(self.inputs.in_file),
                                                              relpath, content))
         return runtime
+
+
+# ----------------------------------------------------------------------------------------------------
+class _FiguresInputSpec(BaseInterfaceInputSpec):
+    in_files = InputMultiObject(File(exists=True), mandatory=True,
+                                desc="files passed, in order, to the render function (image, maps, masks)")
+    render = traits.Str(mandatory=True, desc="dotted path of the task's render function (its qc module)")
+    views = traits.List(traits.Str, mandatory=True, desc="figure names, in the order out_files lists them")
+    params = traits.Dict(desc="keyword arguments of the render function")
+
+
+class _FiguresOutputSpec(TraitedSpec):
+    out_files = OutputMultiObject(File(exists=True), desc="one PNG per view, in the order of views")
+
+
+class Figures(SimpleInterface):
+    """Render a task's QC figures (``render(*in_files, **params) -> {view: PNG bytes}``) into files."""
+
+    input_spec = _FiguresInputSpec
+    output_spec = _FiguresOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_app.tasks import load_function
+
+        params = dict(self.inputs.params) if isdefined(self.inputs.params) else {}
+        figures = load_function(self.inputs.render)(*self.inputs.in_files, **params)
+        files = []
+        for view in self.inputs.views:
+            path = _out_path(runtime.cwd, self.inputs.in_files[0], view, ".png")
+            Path(path).write_bytes(figures[view])
+            files.append(path)
+        self._results["out_files"] = files
+        return runtime
+
+
+def pick(files: list, index: int):
+    """Connection helper: the ``index``-th file of a node's list output."""
+    return files[index]

@@ -39,6 +39,9 @@ from typing import Any
 
 LOGGER = logging.getLogger(__name__)
 
+#: Suffix of the QC figures (PNG, in each participant's ``figures/`` folder, listed in ``.bidsignore``).
+FIGURE_SUFFIX = "qc"
+
 #: BIDS entity order (schema order) of the entities a derivative name may carry.
 ENTITY_ORDER = ("subject", "session", "task", "acquisition", "ceagent", "tracer", "reconstruction",
                 "direction", "run", "echo", "flip", "inv", "mt", "part", "space", "label", "desc")
@@ -154,7 +157,7 @@ def write_output(output_dir: Path, in_file: Path, relpath: Path, sidecar_content
 def expected_files(relpath: Path) -> tuple[Path, Path]:
     """``(output, sidecar)`` relative paths of one derivative."""
     name = relpath.name
-    for ext in (".nii.gz", ".nii", ".tsv"):
+    for ext in (".nii.gz", ".nii", ".tsv", ".png"):
         if name.endswith(ext):
             return relpath, relpath.with_name(name[: -len(ext)] + ".json")
     return relpath, relpath.with_name(name + ".json")

@@ -20,13 +20,15 @@ class Task:
 
     ``inputs``: pybids query of the images to segment (one workflow per image);
     ``label``: BIDS ``label-`` entity of the outputs; ``model``: folder name under the models dir;
-    ``workflow``: dotted path of the ``init_<name>_wf`` factory; ``group_table``: file name of the
-    cohort table written at the group level; ``participant_table``: file-name glob of the per-image
-    table each group row comes from (``{label}`` is replaced by ``label``); ``aggregate``: dotted path of
-    the group-level function ``(output_dir) -> [written paths]``; ``label_queries``: suffix patterns of user-supplied labels
+    ``group_table``: file name of the cohort table written at the group level; ``participant_table``:
+    file-name glob of the per-image table each group row comes from (``{label}`` is replaced by
+    ``label``); ``label_queries``: suffix patterns of user-supplied labels
     looked up under ``derivatives/labels`` (see :mod:`bids_app.bids`); ``companions``: other images of
     the same participant and session that the model may use beside the segmented one, by channel
     name, each a pybids query (e.g. the T1w beside a FLAIR); the first match in sorted order is used.
+
+    The task's code is the package ``bids_app.<name>``, laid out the same way for every task: see
+    :attr:`workflow`, :attr:`aggregate` and :attr:`qc`.
     """
 
     name: str
@@ -34,13 +36,27 @@ class Task:
     inputs: Mapping[str, object]
     label: str
     model: str
-    workflow: str
     group_table: str
     participant_table: str
-    aggregate: str
     label_queries: Mapping[str, str] = field(default_factory=dict)
     companions: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     citation: str = ""
+
+    @property
+    def workflow(self) -> str:
+        """Dotted path of the task's workflow factory, ``bids_app.<name>.workflow.init_<name>_wf``."""
+        return f"bids_app.{self.name}.workflow.init_{self.name}_wf"
+
+    @property
+    def aggregate(self) -> str:
+        """Dotted path of the group-level function ``(output_dir) -> [written paths]``."""
+        return f"bids_app.{self.name}.group.aggregate"
+
+    @property
+    def qc(self) -> str:
+        """Dotted path of the visual-QC module: ``render`` (the figures), ``section`` (of the participant
+        report), ``summary`` (the group report's row) and ``OUTLIER_MEASURES``."""
+        return f"bids_app.{self.name}.qc"
 
 
 REGISTRY: Mapping[str, Task] = MappingProxyType({
@@ -51,10 +67,8 @@ REGISTRY: Mapping[str, Task] = MappingProxyType({
                                  "extension": [".nii", ".nii.gz"]}),
         label="SC",
         model="spinalcord",
-        workflow="bids_app.spinalcord.workflow.init_spinalcord_wf",
         group_table="group_csa.tsv",
         participant_table="*_label-{label}_desc-*levels_morph.tsv",
-        aggregate="bids_app.spinalcord.group.aggregate",
         label_queries=MappingProxyType({"levels": "label-SC_desc-vertlevels_seg", "discs": "label-disc_seg",
                                         "manual": "label-SC_seg"}),
         citation=("Bédard S, Karthik EN, et al. Towards contrast-agnostic soft segmentation of the spinal cord. "
@@ -67,10 +81,8 @@ REGISTRY: Mapping[str, Task] = MappingProxyType({
         inputs=MappingProxyType({"datatype": "anat", "suffix": "FLAIR", "extension": [".nii", ".nii.gz"]}),
         label="lesion",
         model="mslesion",
-        workflow="bids_app.mslesion.workflow.init_mslesion_wf",
         group_table="group_lesions.tsv",
         participant_table="*_label-{label}_desc-*summary_morph.tsv",
-        aggregate="bids_app.mslesion.group.aggregate",
         label_queries=MappingProxyType({"manual": "label-lesion*_seg"}),
         # A plain (no contrast agent) T1w of the same session, co-registered to the FLAIR.
         companions=MappingProxyType({"T1w": MappingProxyType({"datatype": "anat", "suffix": "T1w",

@@ -21,7 +21,7 @@ from bids_app.config import Config
 from bids_app.errors import DatasetError
 from bids_app.failures import Failure, Job
 from bids_app.inputs import InputImageError, check_header
-from bids_app.interfaces import DerivativesSink
+from bids_app.interfaces import DerivativesSink, Figures, pick
 from bids_app.models import model_reference, sha256_of
 from bids_app.tasks import get_task, load_function
 
@@ -164,3 +164,21 @@ def _session(image: bids.InputImage) -> str:
 def _safe(text: str) -> str:
     """Nipype node names allow letters, digits and underscores only."""
     return re.sub(r"[^0-9a-zA-Z_]", "_", text)
+
+
+def connect_figures(workflow: pe.Workflow, task, views, sink_inputs: dict, sources: list[tuple[pe.Node, str]],
+                    params: dict | None = None) -> None:
+    """Add a task's QC figures to its image workflow: ``<task.qc>.render(*files, **params)`` on the
+    files named by ``sources`` (``(node, output)`` pairs, in the render function's order), one PNG per
+    view written by a :class:`DerivativesSink` (``ds_<view>_qc``) with ``sink_inputs`` (the other sinks'
+    common inputs)."""
+    from nipype.interfaces.utility import Merge
+
+    figure_inputs = pe.Node(Merge(len(sources)), name="figure_inputs", run_without_submitting=True)
+    figures = pe.Node(Figures(render=f"{task.qc}.render", views=list(views), params=params or {}), name="figures")
+    workflow.connect([(node, figure_inputs, [(output, f"in{i}")]) for i, (node, output) in enumerate(sources, 1)])
+    workflow.connect(figure_inputs, "out", figures, "in_files")
+    for i, view in enumerate(views):
+        sink = pe.Node(DerivativesSink(suffix="qc", desc_extra=view, **sink_inputs), name=f"ds_{view}_qc",
+                       run_without_submitting=True)
+        workflow.connect(figures, ("out_files", pick, i), sink, "in_file")

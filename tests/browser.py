@@ -85,7 +85,10 @@ def launch() -> Iterator[object]:
     if os.geteuid() == 0:
         args.append("--no-sandbox")  # chromium refuses to run as root with its sandbox
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=args)
+        # Chromium's singleton socket must fit in 108 bytes: a TMPDIR deep in a test's work dir (set by
+        # an in-process run of the app) makes it abort, so it gets the system's short one.
+        env = {**os.environ, "TMPDIR": "/tmp" if os.path.isdir("/tmp") else os.environ.get("TMPDIR", "")}
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=args, env=env)
         try:
             yield browser
         finally:

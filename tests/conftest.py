@@ -25,3 +25,18 @@ def synthetic_bids(tmp_path_factory) -> Path:
 def small_bids(tmp_path_factory) -> Path:
     """One participant, no session: the smallest dataset the whole app can run on."""
     return make_dataset(tmp_path_factory.mktemp("small") / "ds", {"01": [None]})
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """The demo (``make demo``): both tasks on the synthetic spine + FLAIR dataset, participant then group
+    level; returns the derivatives folder (the dataset is beside it, in ``bids``)."""
+    from bids_app.cli import main
+
+    root = tmp_path_factory.mktemp("demo")
+    bids = make_dataset(root / "bids", flair=True)
+    out = root / "out"
+    for level in ("participant", "group"):
+        extra = ["-w", str(root / "work"), "--nprocs", "2"] if level == "participant" else []
+        assert main([str(bids), str(out), level, "--tasks", "spinalcord", "mslesion", *extra]) == 0
+    return out

@@ -10,6 +10,7 @@ import pytest
 from bids_app import group, outputs
 from bids_app.errors import NothingToAggregateError
 from bids_app.spinalcord import group as cord_group
+from bids_app.spinalcord.measures import level_name
 
 
 def _write_levels(out, entities, rows):
@@ -39,7 +40,7 @@ def test_group_table_mixes_levels_and_slabs(tmp_path):
 
 
 def test_level_names():
-    assert [cord_group._level_name(v) for v in ("2", "7", "8", "19", "20", "z0-10mm")] == \
+    assert [level_name(v) for v in ("2", "7", "8", "19", "20", "z0-10mm")] == \
         ["C2", "C7", "T1", "T12", "L1", "z0-10mm"]
 
 
@@ -74,8 +75,9 @@ def test_group_lesion_table_and_figures(tmp_path):
     for name in ("group_lesions_load.png", "group_lesions_regions.png"):
         assert (tmp_path / "figures" / name) in written and (tmp_path / "figures" / name).stat().st_size > 1000
     report = (tmp_path / "group_report.html").read_text()
-    assert (tmp_path / "group_report.html") in written and "<h2>group_lesions.tsv</h2>" in report
+    assert (tmp_path / "group_report.html") in written and '<a href="group_lesions.tsv">' in report
     assert '<img src="figures/group_lesions_regions.png"' in report and "ses-B" in report
+    assert "mslesion: 2 image(s)" in report and report.count('class="rating"') == 2
     with pytest.raises(NothingToAggregateError, match="--tasks mslesion"):
         group.run_group(tmp_path / "empty", ("mslesion",))
 

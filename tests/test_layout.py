@@ -136,3 +136,17 @@ def test_no_file_named_after_a_task_outside_its_folder():
             if any(word in base for word in words) and task not in Path(relpath).parts:
                 stray.append(relpath)
     assert not stray, f"files named after a task outside its folders: {stray}"
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_task_package_has_the_same_shape(task):
+    """The registry names each task's code by convention (``bids_app.<task>.workflow`` ...); each piece
+    must exist, so that a new task is complete when its package is."""
+    from bids_app.tasks import load_function
+
+    spec = REGISTRY[task]
+    assert callable(load_function(spec.workflow)) and callable(load_function(spec.aggregate))
+    for name in ("render", "section", "summary"):
+        assert callable(load_function(f"{spec.qc}.{name}"))
+    assert isinstance(load_function(f"{spec.qc}.OUTLIER_MEASURES"), dict)
+    assert (ROOT / "models" / spec.model / "metadata.json").is_file()

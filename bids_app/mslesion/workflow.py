@@ -11,16 +11,12 @@ from nipype.pipeline import engine as pe
 
 from bids_app.bids import InputImage
 from bids_app.interfaces import DerivativesSink
+from bids_app.mslesion.qc import VIEWS
 from bids_app.models import read_metadata
-from bids_app.mslesion.interfaces import (
-    BinariseLesions,
-    CompanionToTemplate,
-    FromTemplate,
-    MeasureLesions,
-    SegmentLesions,
-    ToTemplate,
-)
+from bids_app.mslesion.interfaces import (BinariseLesions, CompanionToTemplate, FromTemplate, MeasureLesions,
+                                          SegmentLesions, ToTemplate)
 from bids_app.tasks import Task
+from bids_app.workflows import connect_figures
 
 LOGGER = logging.getLogger(__name__)
 
@@ -99,6 +95,10 @@ def init_mslesion_wf(
         (measure, ds_lesions, [("lesions_tsv", "in_file"), (("summary", _columns_extra, "lesions"), "extra")]),
         (measure, ds_summary, [("summary_tsv", "in_file"), (("summary", _columns_extra, "summary"), "extra")]),
     ])
+    # QC figures: the FLAIR with the native-grid probability and mask, lesions numbered as in the table.
+    connect_figures(workflow, task, VIEWS, common, [(inputnode, "in_file"), (from_template, "out_file"),
+                                                   (binarise, "out_file")],
+                    params={"min_lesion_mm3": float(read_metadata(model_dir)["output"]["min_lesion_mm3"])})
     if t1w is not None:
         t1w_to_template = pe.Node(CompanionToTemplate(in_file=str(t1w.path), reference=str(image.path),
                                                       num_threads=omp_nthreads),

@@ -10,7 +10,7 @@ import pandas as pd
 
 from bids_app.errors import NothingToAggregateError
 from bids_app.group import ROW_COLUMNS, participant_tables, save_figure, write_table
-from bids_app.spinalcord.measures import LEVEL_COLUMNS
+from bids_app.spinalcord.measures import LEVEL_COLUMNS, level_name
 from bids_app.tasks import get_task
 
 LOGGER = logging.getLogger(__name__)
@@ -33,8 +33,13 @@ def collect_csa(output_dir: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def plot_csa(table: pd.DataFrame, path: Path) -> None:
-    """Figure: CSA per vertebral level (or slab) for every image of the cohort, one line per image."""
+def plot_csa(table: pd.DataFrame, path: Path, max_legend: int = 12) -> None:
+    """Figure: CSA per vertebral level (or slab) for every image of the cohort.
+
+    Up to ``max_legend`` images: one labelled line each, with the SD over the level's slices as error
+    bars. More: one thin grey line per image, the cohort's median per level in black and its
+    interquartile range shaded (a legend of hundreds of names helps nobody).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,12 +47,22 @@ def plot_csa(table: pd.DataFrame, path: Path) -> None:
 
     levels = sorted(table["level"].unique(), key=_level_key)
     position = {level: i for i, level in enumerate(levels)}
+    groups = list(table.groupby(["participant_id", "session_id", "source", "contrast"]))
     fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(levels) + 3), 4), dpi=120)
-    for (subject, session, source), rows in table.groupby(["participant_id", "session_id", "source"]):
+    few = len(groups) <= max_legend
+    for (subject, session, _, contrast), rows in groups:
         rows = rows.assign(x=rows["level"].map(position)).sort_values("x")
-        name = f"{subject} {'' if session == 'n/a' else session + ' '}{rows['contrast'].iloc[0]}"
-        ax.errorbar(rows["x"], rows["csa_mean_mm2"], yerr=rows["csa_std_mm2"], marker="o", capsize=2, label=name)
-    ax.set_xticks(range(len(levels)), [_level_name(v) for v in levels], rotation=45 if len(levels) > 8 else 0)
+        if few:
+            name = f"{subject} {'' if session == 'n/a' else session + ' '}{contrast}"
+            ax.errorbar(rows["x"], rows["csa_mean_mm2"], yerr=rows["csa_std_mm2"], marker="o", capsize=2, label=name)
+        else:
+            ax.plot(rows["x"], rows["csa_mean_mm2"], color="0.6", linewidth=0.6, alpha=0.5)
+    if not few:
+        stats = table.assign(x=table["level"].map(position)).groupby("x")["csa_mean_mm2"].quantile([0.25, 0.5, 0.75])
+        stats = stats.unstack()
+        ax.fill_between(stats.index, stats[0.25], stats[0.75], color="tab:blue", alpha=0.25, label="cohort IQR")
+        ax.plot(stats.index, stats[0.5], color="black", linewidth=2, label=f"cohort median ({len(groups)} images)")
+    ax.set_xticks(range(len(levels)), [level_name(v) for v in levels], rotation=45 if len(levels) > 8 else 0)
     ax.set_xlabel("vertebral level")
     ax.set_ylabel("CSA (mm²)")
     ax.set_title("Spinal-cord cross-sectional area across the cohort")
@@ -62,18 +77,6 @@ def _level_key(level: str) -> tuple[int, float]:
         return (0, float(level))
     slab = re.match(r"z(-?[\d.]+)-", level)
     return (1, float(slab.group(1))) if slab else (2, 0.0)
-
-
-def _level_name(level: str) -> str:
-    """SCT numbering: 1..7 → C1..C7, 8..19 → T1..T12, 20.. → L1..; slab names are kept."""
-    if not level.isdigit():
-        return level
-    n = int(level)
-    if n <= 7:
-        return f"C{n}"
-    if n <= 19:
-        return f"T{n - 7}"
-    return f"L{n - 19}"
 
 
 def aggregate(output_dir: Path) -> list[Path]:

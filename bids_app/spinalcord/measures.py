@@ -183,6 +183,18 @@ def levels_per_slice(label_data: np.ndarray, label_affine: np.ndarray, target_af
     return out
 
 
+def level_name(level: str) -> str:
+    """SCT numbering: 1..7 → C1..C7, 8..19 → T1..T12, 20.. → L1..; slab names are kept."""
+    if not level.isdigit():
+        return level
+    n = int(level)
+    if n <= 7:
+        return f"C{n}"
+    if n <= 19:
+        return f"T{n - 7}"
+    return f"L{n - 19}"
+
+
 def aggregate_by_level(csa: SliceCSA, levels: np.ndarray) -> list[dict[str, float]]:
     """Mean/std/min/max CSA per vertebral level (rows only for levels with cord)."""
     rows = []

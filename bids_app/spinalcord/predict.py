@@ -72,7 +72,7 @@ def _predict_fine(bundle: ModelBundle, fine: torch.Tensor) -> torch.Tensor:
             predictor=bundle.network, overlap=spec.get("overlap", 0.25), mode="gaussian",
         )
     # A calibrated logit offset (Platt-style, fitted on manually labelled images) shifts the soft map
-    # so that its area matches the manual masks' convention; see training/calibrate.py.
+    # so that its area matches the manual masks' convention; see training/spinalcord/calibrate.py.
     soft = torch.sigmoid(logits + float(bundle.metadata["output"].get("logit_offset", 0.0))).cpu()
     return soft[..., pad_x // 2: pad_x // 2 + fine.shape[-2], pad_y // 2: pad_y // 2 + fine.shape[-1]]
 

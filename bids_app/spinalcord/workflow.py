@@ -1,4 +1,4 @@
-"""Spinal-cord workflow: reorient → segment → binarise → measure CSA → back to native grid → write."""
+"""Spinal-cord workflow: reorient → segment → binarise → measure CSA → back to native grid → QC figures → write."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from nipype.pipeline import engine as pe
 
 from bids_app.bids import InputImage
 from bids_app.interfaces import DerivativesSink, Reorient
+from bids_app.spinalcord.qc import VIEWS
 from bids_app.spinalcord.interfaces import Binarise, MeasureCSA, Segment, ToNative
 from bids_app.tasks import Task
+from bids_app.workflows import connect_figures
 
 
 def init_spinalcord_wf(
@@ -79,6 +81,9 @@ def init_spinalcord_wf(
         (measure, ds_slices, [("slices_tsv", "in_file"), (("summary", _columns_extra, "slices"), "extra")]),
         (measure, ds_levels, [("levels_tsv", "in_file"), (("summary", _columns_extra, "levels"), "extra")]),
     ])
+    # QC figures: the image with the native-grid soft map and mask.
+    connect_figures(workflow, task, VIEWS, common, [(inputnode, "in_file"), (soft_native, "out_file"),
+                                                   (mask_native, "out_file")])
     return workflow
 
 
