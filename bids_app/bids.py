@@ -130,10 +130,24 @@ def participants(layout, requested: tuple[str, ...] = ()) -> list[str]:
 
 def collect_inputs(layout, task: Task, subject: str, sessions: tuple[str, ...] = (),
                    filters: dict | None = None) -> list[InputImage]:
-    """The images of ``task`` for one participant: the task's query merged with user ``filters``."""
+    """The images of ``task`` for one participant: the task's query merged with user ``filters``.
+
+    A filter may itself name subjects or sessions (``{"spinalcord": {"subject": ["01", "02"]}}``: run
+    that task on those participants only); the participant is then kept only if the filter lists it,
+    and ``--session-label`` and a filter's sessions must both admit a session.
+    """
     query = {**dict(task.inputs), **(filters or {})}
+    wanted = query.pop("subject", None)
+    if wanted is not None and subject not in ([wanted] if isinstance(wanted, str) else list(wanted)):
+        return []
     if sessions:
-        query["session"] = list(sessions)
+        allowed = query.get("session")
+        if allowed is not None and not isinstance(allowed, (str, list, tuple)):
+            allowed = None  # a pybids Query (e.g. Query.NONE): --session-label wins
+        admitted = [s for s in sessions if allowed is None or s in ([allowed] if isinstance(allowed, str) else allowed)]
+        if not admitted:
+            return []
+        query["session"] = admitted
     files = layout.get(subject=subject, return_type="object", **query)
     return [_input_image(layout, f) for f in sorted(files, key=lambda f: f.path)]
 

@@ -41,6 +41,17 @@ def test_inputs_without_sessions_and_filters(layout):
     assert [i.path.name for i in t2w] == ["sub-01_T2w.nii.gz"]
 
 
+def test_filters_may_name_subjects_and_sessions(layout):
+    """A filter with ``subject`` (found on bids-dev: it crashed the run with a pybids TypeError) keeps
+    the task to those participants; a filter's sessions and --session-label must both admit a session."""
+    assert bids.collect_inputs(layout, TASK, "01", filters={"subject": ["02"]}) == []
+    assert len(bids.collect_inputs(layout, TASK, "02", filters={"subject": ["02"]})) == 6
+    assert len(bids.collect_inputs(layout, TASK, "02", filters={"subject": "02", "suffix": "T2w"})) == 2
+    only_a = bids.collect_inputs(layout, TASK, "02", sessions=("A", "B"), filters={"session": ["A"]})
+    assert len(only_a) == 3 and all("ses-A" in i.relpath for i in only_a)
+    assert bids.collect_inputs(layout, TASK, "02", sessions=("B",), filters={"session": "A"}) == []
+
+
 def test_filter_file(tmp_path):
     good = tmp_path / "f.json"
     good.write_text(json.dumps({"spinalcord": {"suffix": ["T2w"]}}))
