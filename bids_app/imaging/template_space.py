@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from bids_app.imaging.bias import n4_bias_correction
-from bids_app.imaging.brain import BRAIN_MASK_RANGE_ML, brain_mask, normalise_intensity
+from bids_app.imaging.brain import brain_mask, no_brain_reason, normalise_intensity
 from bids_app.imaging.grid import resample_to
 from bids_app.imaging.registration import affine_register, compose_affine, rigid_register
 
@@ -95,12 +95,11 @@ def to_template_space(
     moving_mask = sitk.Cast(subject_brain, sitk.sitkFloat32)
     volumes = [float(sitk.GetArrayViewFromImage(m).sum()) * float(np.prod(m.GetSpacing()))
                for m in (moving_mask, fixed_mask)]
-    low, high = BRAIN_MASK_RANGE_ML
-    if not low <= volumes[0] / 1000.0 <= high:
+    reason = no_brain_reason(subject_brain)
+    if reason:
         from bids_app.inputs import InputImageError
 
-        raise InputImageError(f"No brain found in the image: its brain mask is {volumes[0] / 1000.0:.0f} mL, outside "
-                              f"the {low:.0f}-{high:.0f} mL of a brain; check that it is a head scan covering the "
+        raise InputImageError(f"No brain found in the image: {reason}; check that it is a head scan covering the "
                               "brain, or leave it out with --bids-filter-file.")
     # One thread: ITK's multi-threaded metric sums in a varying order, and the optimiser amplifies
     # that; with 2 threads two runs on one FLAIR differed by 2 % in scale and 0.6 mm in shift,

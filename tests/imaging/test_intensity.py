@@ -101,3 +101,22 @@ def test_brain_mask_drops_the_skull_and_keeps_the_brain():
         masks.brain_mask(head, opening_mm=0)
 
 
+
+
+def test_no_brain_reason_by_volume_and_width():
+    """A 130 mm wide head passes; a 40 mm wide column of 60 mL (a spine) and a 10 mL speck do not."""
+    def mask(shape, spacing, fill):
+        array = np.zeros(shape[::-1], np.uint8)  # (k, j, i)
+        fill(array)
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(spacing)
+        return image
+
+    z, y, x = np.mgrid[0:60, 0:80, 0:70]
+    head = mask((70, 80, 60), (2.0, 2.0, 2.0),
+                lambda a: a.__setitem__(((x - 35) / 32.5) ** 2 + ((y - 40) / 38) ** 2 + ((z - 30) / 28) ** 2 <= 1, 1))
+    assert masks.no_brain_reason(head) is None
+    column = mask((70, 80, 60), (2.0, 2.0, 2.0), lambda a: a.__setitem__((slice(0, 60), slice(20, 60), slice(25, 45)), 1))
+    assert "wide from left to right" in masks.no_brain_reason(column)
+    speck = mask((70, 80, 60), (2.0, 2.0, 2.0), lambda a: a.__setitem__((slice(0, 10), slice(0, 10), slice(0, 12)), 1))
+    assert "mL, outside" in masks.no_brain_reason(speck)
