@@ -16,14 +16,15 @@ Header (:func:`check_header`), in this order:
 2. **One 3D volume.** At least 3 dimensions; a 4th dimension must have a single volume and any
    5th-7th dimension must have size 1 (callers squeeze those singleton dimensions away).
 3. **No empty dimension.** Every dimension is > 0 voxels (0 or negative means a damaged header).
-4. **Not a slice.** At least :data:`MIN_VOXELS_PER_AXIS` (3) voxels along each of the 3 spatial axes.
+4. **Not a single line of voxels.** At least :data:`MIN_VOXELS_PER_AXIS` (3) voxels along two of the 3 spatial
+   axes; the third may hold 1 or 2 slices (a thick 2D acquisition: the cord model works slice by slice).
 5. **Real voxel type.** Voxels are stored as bool, integers or floats (complex and RGB are refused).
 6. **Voxel size** (``header.get_zooms()[:3]``, the pixdim) is finite and within
-   [:data:`MIN_VOXEL_MM`, :data:`MAX_VOXEL_MM`] = [0.05, 12.0] mm along each axis.
+   [:data:`MIN_VOXEL_MM`, :data:`MAX_VOXEL_MM`] = [0.05, 40.0] mm along each axis.
 7. **Affine** (``img.affine``, the sform if set, else the qform): all 16 entries finite and its 3x3
    part invertible, i.e. its condition number (largest / smallest singular value) is at most
    :data:`AFFINE_MAX_CONDITION` (1e8). The voxel size it implies (norms of its 3 columns) must also
-   lie within [0.05, 12.0] mm.
+   lie within [0.05, 40.0] mm.
 8. **qform and sform agree** when both are set (codes > 0): the 8 corners of the field of view
    (voxel edges, i.e. indices -0.5 and n - 0.5) mapped by each are at most
    :data:`QFORM_SFORM_TOLERANCE_MM` (1.0 mm) apart.
@@ -56,12 +57,14 @@ from bids_app.errors import NeurosegError
 
 LOGGER = logging.getLogger(__name__)
 
-#: Fewest voxels accepted along each of the 3 spatial axes (voxels); fewer is a slice, not a volume.
+#: Fewest voxels accepted along two of the 3 spatial axes (the third may hold 1 or 2 slices).
 MIN_VOXELS_PER_AXIS = 3
 #: Smallest accepted voxel size along any axis, in mm (smaller suggests micrometres or wrong units).
 MIN_VOXEL_MM = 0.05
-#: Largest accepted voxel size along any axis, in mm (larger suggests metres or wrong units).
-MAX_VOXEL_MM = 12.0
+#: Largest accepted voxel size along any axis, in mm (larger suggests metres or wrong units). Real
+#: thick-slab acquisitions reach far beyond 12 mm: 17 mm (sub-sct01's axial MT-on/MT-off PDw, which the
+#: cord model segments) and 37.5 mm (sub-unf02's T2starw) on bids-dev; a unit error is a factor 10-1000.
+MAX_VOXEL_MM = 40.0
 #: Largest accepted condition number of the affine's 3x3 part (dimensionless); above is "non-invertible".
 AFFINE_MAX_CONDITION = 1e8
 #: Largest accepted distance between the qform and the sform positions of a field-of-view corner, in mm.
@@ -213,7 +216,7 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 
 
 def _check_shape(name: str, shape: tuple[int, ...]) -> None:
-    """Checks 2-4: one 3D volume, no empty dimension, at least MIN_VOXELS_PER_AXIS per spatial axis."""
+    """Checks 2-4: one 3D volume, no empty dimension, at least MIN_VOXELS_PER_AXIS along two spatial axes."""
     ndim = len(shape)
     text = _shape_text(shape)
     if ndim < 3:
@@ -242,14 +245,13 @@ def _check_shape(name: str, shape: tuple[int, ...]) -> None:
             f"{name} has {ndim} dimensions (shape {text}) but neuroseg needs a single 3D volume; "
             "extract one 3D volume from it and save that instead."
         )
-    for axis, n in enumerate(shape[:3]):
-        if n < MIN_VOXELS_PER_AXIS:
-            what = "a single slice" if n == 1 else f"only {n} slices"
-            raise InputImageError(
-                f"{name} has only {n} voxel{'s' if n > 1 else ''} along its {_AXIS_NAMES[axis]} axis "
-                f"(shape {text}, {what}) but neuroseg needs at least {MIN_VOXELS_PER_AXIS} along "
-                "each axis; use a 3D acquisition or the whole stack of slices."
-            )
+    thin = [axis for axis, n in enumerate(shape[:3]) if n < MIN_VOXELS_PER_AXIS]
+    if len(thin) >= 2:  # one thin axis is a 2D acquisition's slice axis; two make a line of voxels
+        names = " and ".join(f"{shape[axis]} along its {_AXIS_NAMES[axis]} axis" for axis in thin)
+        raise InputImageError(
+            f"{name} has only {names} (shape {text}) but neuroseg needs at least {MIN_VOXELS_PER_AXIS} "
+            "voxels along two axes; use a 3D acquisition or the whole stack of slices."
+        )
 
 
 def _check_dtype(name: str, img: nib.Nifti1Image) -> None:

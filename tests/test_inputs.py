@@ -46,7 +46,7 @@ def _refused(path: Path, *words: str, load: bool = False) -> str:
 def test_error_class_and_constants():
     assert issubclass(InputImageError, NeurosegError)
     assert InputImageError.exit_code == 5
-    assert (inputs.MIN_VOXELS_PER_AXIS, inputs.MIN_VOXEL_MM, inputs.MAX_VOXEL_MM) == (3, 0.05, 12.0)
+    assert (inputs.MIN_VOXELS_PER_AXIS, inputs.MIN_VOXEL_MM, inputs.MAX_VOXEL_MM) == (3, 0.05, 40.0)
     assert (inputs.QFORM_SFORM_TOLERANCE_MM, inputs.MAX_NONFINITE_FRACTION) == (1.0, 0.5)
 
 
@@ -189,14 +189,16 @@ def test_2d_image(tmp_path):
     _refused(path, "is 2D", "not a 3D volume")
 
 
-def test_single_slice(tmp_path):
-    path = _save(tmp_path, _volume((8, 8, 1)))
-    _refused(path, "a single slice", "third axis", "at least 3")
+def test_a_thick_2d_acquisition_of_one_or_two_slices_is_accepted(tmp_path):
+    """sub-unf02's T2starw on bids-dev is 45 x 45 x 2 (37.5 mm slices): a real 2D acquisition, which
+    the slice-by-slice cord model can segment."""
+    for shape in ((8, 8, 1), (2, 8, 8)):
+        check_header(_save(tmp_path, _volume(shape)))
 
 
-def test_two_slices(tmp_path):
-    path = _save(tmp_path, _volume((2, 8, 8)))
-    _refused(path, "only 2 slices", "first axis")
+def test_a_line_of_voxels_is_refused(tmp_path):
+    path = _save(tmp_path, _volume((8, 1, 2)))
+    _refused(path, "only 1 along its second axis and 2 along its third axis", "at least 3")
 
 
 def test_zero_size_dimension(tmp_path):
@@ -228,7 +230,7 @@ def test_voxel_size_out_of_range(tmp_path, size):
     path = tmp_path / NAME
     nib.save(img, path)
     assert nib.load(path).header.get_zooms()[0] == pytest.approx(size)
-    _refused(path, f"{size:g} x 1 x 1 mm", "0.05-12 mm", "units", "xyzt_units")
+    _refused(path, f"{size:g} x 1 x 1 mm", "0.05-40 mm", "units", "xyzt_units")
 
 
 def test_voxel_size_not_finite(tmp_path):
