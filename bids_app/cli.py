@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bids_app import slurm
 from bids_app.config import Config, default_models_dir, get_version
 from bids_app.errors import ConfigError, ModelError, NeurosegError, WorkflowError
 from bids_app.tasks import REGISTRY
@@ -24,11 +25,18 @@ from bids_app.tasks import REGISTRY
 LOGGER = logging.getLogger("neuroseg")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):  # aliases once: "-w, --work-dir, --work_dir PATH"
+    def _format_action_invocation(self, action):
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        return ", ".join(action.option_strings) + " " + self._format_args(action, action.dest.upper())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neuroseg",
         description="neuroseg: spinal-cord (and more) segmentation and morphometry as a BIDS App.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
         epilog="Exit codes: 0 ok, 1 internal error, 2 usage/config, 3 dataset, 4 model/device, "
                "5 workflow failure, 6 nothing to aggregate.",
     )
@@ -37,35 +45,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("analysis_level", choices=["participant", "group"], help="processing stage")
     parser.add_argument("--version", action="version", version=f"neuroseg {get_version()}")
     sel = parser.add_argument_group("selecting data")
-    sel.add_argument("--participant-label", "--participant_label", nargs="+", default=[],
+    sel.add_argument("--participant-label", "--participant_label", nargs="+", default=[], metavar="LABEL",
                      help="participant labels, with or without 'sub-' (default: all)")
-    sel.add_argument("--session-label", nargs="+", default=[], help="session labels, with or without 'ses-'")
+    sel.add_argument("--session-label", "--session_label", nargs="+", default=[], metavar="LABEL",
+                     help="session labels, with or without 'ses-'")
     sel.add_argument("--tasks", nargs="+", choices=sorted(REGISTRY), default=["spinalcord"], help="tasks to run")
-    sel.add_argument("--bids-filter-file", type=Path,
+    sel.add_argument("--bids-filter-file", "--bids_filter_file", type=Path, metavar="FILE",
                      help="JSON mapping task names (or 'all') to pybids filters refining each task's inputs")
     sel.add_argument("--labels-dir", type=Path,
                      help="folder of user labels (disc labels, manual masks); default bids_dir/derivatives/labels")
-    sel.add_argument("--skip-bids-validation", action="store_true", help="do not run the BIDS validator")
+    sel.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true",
+                     help="do not run the BIDS validator")
     sel.add_argument("--bids-database-dir", type=Path,
                      help="folder of the pybids index, to share one across runs on a large dataset (default: "
                           "work_dir/pybids_db); an index is reused only while the dataset is unchanged")
     perf = parser.add_argument_group("performance")
-    perf.add_argument("--nprocs", "--n-cpus", type=int, default=len(os.sched_getaffinity(0)),
+    perf.add_argument("--nprocs", "--n-cpus", "--n_cpus", "--nthreads", type=int, default=len(os.sched_getaffinity(0)),
                       help="parallel processes (default: the CPUs this process may use)")
     perf.add_argument("--omp-nthreads", type=int, default=0, help="threads per process (0: nprocs, at most 8)")
     perf.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                       help="where the networks run; auto uses a GPU when torch sees one")
     perf.add_argument("--nipype-plugin", default="MultiProc",
-                      help="Nipype plugin (MultiProc, Linear, SLURM, SGE, ...)")
+                      help="Nipype plugin (MultiProc, Linear, SLURM, SLURMGraph, SGE, ...)")
     perf.add_argument("--nipype-plugin-args", type=json.loads, default={},
                       help='JSON of plugin arguments, e.g. \'{"sbatch_args": "-p short"}\'')
     other = parser.add_argument_group("other")
-    other.add_argument("-w", "--work-dir", type=Path, help="Nipype work folder (default output_dir/../work)")
+    other.add_argument("-w", "--work-dir", "--work_dir", type=Path, metavar="PATH",
+                       help="Nipype work folder (default output_dir/../work)")
     other.add_argument("--models-dir", type=Path, default=None, help="folder of model folders (default: shipped)")
     other.add_argument("--overwrite", action="store_true",
                        help="reprocess images whose outputs are already complete and current (same inputs, "
                             "model sha256 and app version); by default those are skipped")
     other.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    slurm.add_arguments(parser)
     return parser
 
 
@@ -163,7 +175,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
     labels_dir = (args.labels_dir or bids_dir / "derivatives" / "labels").resolve()
     models_dir = (args.models_dir or default_models_dir()).resolve()
     device = args.device
-    if args.analysis_level == "participant":
+    if args.analysis_level == "participant" and args.slurm_script is None:  # the jobs decide where they run
         device = resolve_device(args.device)
     return Config(
         bids_dir=bids_dir, output_dir=output_dir, analysis_level=args.analysis_level, work_dir=work_dir,
@@ -260,6 +272,7 @@ def run_participant(config: Config) -> None:
             # Workers forked from a process whose torch/OpenMP/ITK thread pools are already running can
             # deadlock; a fork server starts them from a clean process (hence the __main__ guards).
             plugin_args.setdefault("mp_context", "forkserver")
+        plugin_args = slurm.tag_graph_jobs(config, plugin_args)  # SLURMGraph: mark its jobs, waited for below
         LOGGER.info("Running %d image workflow(s) with %s.", len(plan.jobs), config.nipype_plugin)
         # A bar on a terminal, periodic "progress:" lines otherwise (bids_app.progress).
         with progress.watch(workflow, plan.jobs, config.nipype_plugin, plugin_args, config.verbosity):
@@ -267,6 +280,7 @@ def run_participant(config: Config) -> None:
                 workflow.run(plugin=config.nipype_plugin, plugin_args=plugin_args)
             except RuntimeError as exc:  # some node failed; which ones is read from the crash files
                 LOGGER.debug("Nipype: %s", exc)
+        found += slurm.wait_for_graph(config, plan.jobs, crash_dir)  # SLURMGraph returns once it submitted
         found += failures.from_crash_dir(crash_dir, plan.jobs)
     table = failures.write_failed_tsv(config.output_dir, found)
     _write_participant_reports(config)
@@ -342,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         LOGGER.error("Cannot write the log file %s (%s); free space or fix the permissions of output_dir.",
                      log_file, exc.strerror or exc)
         return ConfigError.exit_code
+    if slurm.script_requested(argv):  # --slurm-script: write the array job and its group job, run nothing
+        return slurm.main(config, argv)
     if config.analysis_level == "participant":
         LOGGER.log(logging.WARNING if config.device == "cpu" else logging.INFO,
                    "Networks run on %s%s.", config.device,
