@@ -296,13 +296,16 @@ def run_participant(config: Config) -> None:
 
 
 def _write_participant_reports(config: Config) -> None:
-    """``sub-<label>.html`` of the run's participants (all with outputs when none was named). A report
+    """``sub-<label>.html`` of the run's participants (every ``sub-*`` of the dataset when none was
+    named; one without segmented images gets a page that says so and lists its failures). A report
     that cannot be built is logged, not fatal: the derivatives are complete without it and the next run
     rebuilds it."""
     from bids_app.reports.participant import write_participant_reports
 
+    wanted = [f"sub-{p}" for p in config.participant_label] or sorted(
+        p.name for p in config.bids_dir.glob("sub-*") if p.is_dir())
     try:
-        write_participant_reports(config.output_dir, [f"sub-{p}" for p in config.participant_label] or None)
+        write_participant_reports(config.output_dir, wanted)
     except Exception as exc:  # noqa: BLE001 (the segmentations are written; a report bug must not hide them)
         LOGGER.error("Could not write the participant reports (%s: %s); details in the log file.",
                      type(exc).__name__, exc)

@@ -197,9 +197,9 @@ def write_dataset_description(output_dir: Path, bids_dir: Path, version: str, la
         "DatasetLinks": {"raw": str(bids_dir)},
     }
     write_json(output_dir / "dataset_description.json", description)
-    # The tables and logs are not (yet) BIDS-defined files. "figures" without a trailing slash: the
+    # The tables, logs and QC reports (sub-<label>.html, figures/) are not (yet) BIDS-defined files. "figures" without a trailing slash: the
     # validator (3.0.2) still flags the folder itself with "figures/".
-    atomic_write_bytes(output_dir / ".bidsignore", b"logs/\ngroup_*\n*_morph.tsv\n*_morph.json\nfigures\n")
+    atomic_write_bytes(output_dir / ".bidsignore", b"logs/\ngroup_*\n*_morph.tsv\n*_morph.json\nfigures\nsub-*.html\n")
     readme = ("# neuroseg derivatives\n\nMade by neuroseg " + version + " from the dataset in DatasetLinks.raw. "
               "Soft segmentations (_probseg), masks (_mask) and morphometry tables (_morph.tsv) per source image; "
               "group_* tables and figures/ from the group level; logs/ holds each run's configuration.\n")

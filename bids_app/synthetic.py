@@ -13,7 +13,6 @@ its volume inside the cylinder, computed on ``supersample**3`` sub-voxel points.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -240,4 +239,10 @@ def make_lesion_dataset(root: Path, t1w: bool = True) -> Path:
 
 
 if __name__ == "__main__":
-    make_dataset(Path(sys.argv[1] if len(sys.argv) > 1 else "demo/bids"), flair=True)
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bids_app.synthetic",
+                                     description="Write the demo dataset: spinal-cord phantoms and a brain FLAIR "
+                                                 "with three known lesions, as BIDS.")
+    parser.add_argument("folder", nargs="?", type=Path, default=Path("demo/bids"), help="dataset folder to create")
+    make_dataset(parser.parse_args().folder, flair=True)
