@@ -76,8 +76,8 @@ def _few_nan(path: Path) -> None:
     _rewrite(path, data=data)
 
 
-def _one_slice(path: Path) -> None:
-    _rewrite(path, data=_data(path)[:, :, 20:21])
+def _line_of_voxels(path: Path) -> None:
+    _rewrite(path, data=_data(path)[:, 20:21, 20:21])
 
 
 def _zero_size(path: Path) -> None:
@@ -122,7 +122,7 @@ CASES = {
     "notgzip": (_not_gzip, r"NIFTI_HEADER_UNREADABLE|cannot be read as a NIfTI"),
     "fourd": (_four_d, r"4D with 3 volumes"),
     "allnan": (_all_nan, r"NaN/Inf voxels"),
-    "oneslice": (_one_slice, r"only 1 voxel along its third axis"),
+    "line": (_line_of_voxels, r"only 1 along its second axis and 1 along its third axis"),
     "zerosize": (_zero_size, r"zero-size dimension|NIFTI_HEADER_UNREADABLE|cannot be read"),
     "vox50": (_voxels_50mm, r"voxel size of 50"),
     "vox0001": (_voxels_micrometre, r"voxel size of 0.001"),

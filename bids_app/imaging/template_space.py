@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from bids_app.imaging.bias import n4_bias_correction
-from bids_app.imaging.brain import brain_mask, no_brain_reason, normalise_intensity
+from bids_app.imaging.brain import brain_mask, normalise_intensity
 from bids_app.imaging.grid import resample_to
 from bids_app.imaging.registration import affine_register, compose_affine, rigid_register
 
@@ -86,15 +86,6 @@ def to_template_space(
     import time
 
     seconds = {}
-    # The guard looks at the image as acquired: on a thick-slice clinical FLAIR the mask of the
-    # N4-corrected image can break into a fragment (sub-ms3seg106639 of bids-dev: 47 mm wide after N4,
-    # 118 mm before), which would refuse a brain.
-    reason = no_brain_reason(brain_mask(image))
-    if reason:
-        from bids_app.inputs import InputImageError
-
-        raise InputImageError(f"No brain found in the image: {reason}; check that it is a head scan covering the "
-                              "brain, or leave it out with --bids-filter-file.")
     image = _bias_corrected(image, bias_correction, seconds)
 
     t0 = time.perf_counter()
@@ -173,15 +164,6 @@ def companion_to_template(
     import time
 
     seconds = {}
-    # The guard looks at the image as acquired: on a thick-slice clinical FLAIR the mask of the
-    # N4-corrected image can break into a fragment (sub-ms3seg106639 of bids-dev: 47 mm wide after N4,
-    # 118 mm before), which would refuse a brain.
-    reason = no_brain_reason(brain_mask(image))
-    if reason:
-        from bids_app.inputs import InputImageError
-
-        raise InputImageError(f"No brain found in the image: {reason}; check that it is a head scan covering the "
-                              "brain, or leave it out with --bids-filter-file.")
     image = _bias_corrected(image, bias_correction, seconds)
 
     t0 = time.perf_counter()

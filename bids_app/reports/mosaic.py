@@ -94,7 +94,7 @@ def _panel(ax, image2d: np.ndarray, spacing: tuple[float, float], window: tuple[
         shown = np.ma.masked_less(prob2d.T, 0.05)
         ax.imshow(shown, cmap=PROB_CMAP, origin="lower", extent=extent, vmin=0, vmax=1, alpha=0.45,
                   interpolation="nearest")
-    if mask2d is not None and np.any(mask2d) and not np.all(mask2d):
+    if mask2d is not None and min(mask2d.shape) >= 2 and np.any(mask2d) and not np.all(mask2d):  # contour needs 2x2
         u = (np.arange(image2d.shape[0]) + 0.5) * spacing[0]
         v = (np.arange(image2d.shape[1]) + 0.5) * spacing[1]
         ax.contour(u, v, mask2d.T.astype(float), levels=[0.5], colors=CONTOUR_COLOUR, linewidths=0.9)
