@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO ?= demo
 export NIPYPE_NO_ET := 1
 
-.PHONY: demo test test-slow browser lint bench clean
+.PHONY: demo test test-slow browser lint bench clean image image-test
 
 $(BIN)/neuroseg: pyproject.toml version
 	$(PYTHON) -m venv $(VENV)
@@ -45,3 +45,36 @@ lint: $(BIN)/neuroseg
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
+
+## image: build the CPU image with podman (chroot isolation, no daemon). Without BASE_IMAGE in local
+## storage, it is first bootstrapped from Debian packages (containers/bootstrap-base.sh, needs root).
+## Offline torch: TORCH_WHEEL_DIR=/dir/with/torch-wheel; TLS proxy: PIP_CERT_FILE=/path/ca-bundle.crt
+## (build secret, not stored in the image). See containers/README.md.
+CONTAINER ?= podman
+VERSION_TAG := $(shell cat version)
+IMAGE ?= neuroseg:$(VERSION_TAG)
+BASE_IMAGE ?= localhost/debian-python:bookworm
+TORCH_VARIANT ?= cpu
+TORCH_WHEEL_DIR ?=
+PIP_CERT_FILE ?=
+PIP_CONF_FILE ?=
+IMAGE_BUILD_FLAGS ?=
+# --label too: buildah 1.28 reuses a cached LABEL step when only the build-arg value changed.
+VCS_REF = $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+, := ,
+image:
+	@$(CONTAINER) image exists $(BASE_IMAGE) || CONTAINER_CMD=$(CONTAINER) containers/bootstrap-base.sh $(BASE_IMAGE)
+	$(CONTAINER) build --isolation=chroot --network host --format docker \
+	  --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	  $(if $(TORCH_WHEEL_DIR),--build-arg TORCH_VARIANT=local -v $(abspath $(TORCH_WHEEL_DIR)):/wheels:ro,--build-arg TORCH_VARIANT=$(TORCH_VARIANT)) \
+	  $(if $(PIP_CERT_FILE),--secret id=pip_cert$(,)src=$(abspath $(PIP_CERT_FILE))) \
+	  $(if $(PIP_CONF_FILE),--secret id=pip_conf$(,)src=$(abspath $(PIP_CONF_FILE))) \
+	  --build-arg VERSION=$(VERSION_TAG) --build-arg VCS_REF=$(VCS_REF) \
+	  --label org.opencontainers.image.version=$(VERSION_TAG) --label org.opencontainers.image.revision=$(VCS_REF) \
+	  $(IMAGE_BUILD_FLAGS) -t $(IMAGE) .
+	@$(CONTAINER) image inspect --format '$(IMAGE): {{.Size}} bytes' $(IMAGE)
+
+## image-test: demo dataset on the host and in the image ($(IMAGE)): --read-only, --network none,
+## arbitrary --user, input read-only; outputs compared (benchmarks/results/container_<date>.json)
+image-test: $(BIN)/neuroseg
+	$(BIN)/python benchmarks/container.py --image $(IMAGE) --engine $(CONTAINER)
