@@ -131,7 +131,8 @@ def run_container(args: argparse.Namespace, bids: Path, root: Path, name: str) -
     out, work = writable_dir(root / name / "out", args.user), writable_dir(root / name / "work", args.user)
     base = engine_base(args, bids, out, work)
     log = root / f"{name}.log"
-    result: dict = {"out": out, "aliases": {"/data": "<bids>", "/out": "<out>", "/work": "<work>"}, "command": " ".join([*base, args.image, "/data", "/out", *levels(args)[0]])}
+    result: dict = {"out": out, "aliases": {"/data": "<bids>", "/out": "<out>", "/work": "<work>"},
+                    "command": " ".join([*base, args.image, "/data", "/out", *levels(args)[0]])}
     if name == "apptainer_equivalent":
         sec = def_sections()
         shell = [*base, "--entrypoint", "/bin/sh", args.image, "-c"]
@@ -242,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user", default="54321:54321", help="uid:gid for the container (default 54321:54321)")
     parser.add_argument("--nprocs", type=int, default=2)
     parser.add_argument("--keep", type=Path, help="work in this (new) folder and keep it")
-    parser.add_argument("--json", type=Path, help=f"result file (default benchmarks/results/container_{date.today()}.json)")
+    parser.add_argument("--json", type=Path,
+                        help=f"result file (default benchmarks/results/container_{date.today()}.json)")
     parser.add_argument("--no-host-repeat", dest="host_repeat", action="store_false")
     parser.add_argument("--no-apptainer-equivalent", dest="apptainer", action="store_false")
     parser.add_argument("--no-pass-env", dest="pass_env", action="store_false",
