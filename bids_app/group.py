@@ -8,9 +8,7 @@ share (reading the per-image tables, writing tables and figures) and the report.
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -27,31 +25,26 @@ ROW_COLUMNS = {
     "session_id": {"Description": "Session label (ses-<label>), n/a without sessions"},
     "source": {"Description": "BIDS URI of the segmented image"},
 }
-_ENTITY = re.compile(r"(sub|ses|desc)-([a-zA-Z0-9]+)")
-
-
 def participant_tables(output_dir: Path, task: str, dtype: dict | None = None, keep_empty: bool = True) -> list[pd.DataFrame]:
-    """Every per-image table of ``task`` under ``output_dir`` (the registry's ``participant_table``),
-    each with ``participant_id``, ``session_id``, ``source`` and ``contrast`` inserted first.
+    """Every per-image table of ``task`` under ``output_dir`` (the registry's ``participant_table``, found by
+    :func:`~bids_app.reports.records.image_records`), each with ``participant_id``, ``session_id``,
+    ``source`` and ``contrast`` inserted first.
 
     ``contrast`` is the ``desc`` entity without the table's own suffix (``desc-T2wlevels`` -> ``T2w``);
     ``source`` is the first ``Sources`` entry of the table's sidecar. Empty tables are dropped unless
     ``keep_empty``. Raises nothing: an empty list means nothing to aggregate.
     """
-    spec = get_task(task)
-    pattern = spec.participant_table.format(label=spec.label)
-    desc_suffix = pattern.split("desc-*", 1)[1].split("_", 1)[0]
+    from bids_app.reports.records import image_records
+
     frames = []
-    for tsv in sorted(output_dir.glob("sub-*/**/" + pattern)):
-        entities = dict(_ENTITY.findall(tsv.name))
-        sidecar = json.loads(tsv.with_suffix(".json").read_text()) if tsv.with_suffix(".json").is_file() else {}
-        table = pd.read_csv(tsv, sep="\t", dtype=dtype)
+    for record in image_records(output_dir, tasks=(task,)):
+        table = pd.read_csv(output_dir / record.table, sep="\t", dtype=dtype)
         if table.empty and not keep_empty:
             continue
-        table.insert(0, "participant_id", f"sub-{entities['sub']}")
-        table.insert(1, "session_id", f"ses-{entities['ses']}" if "ses" in entities else "n/a")
-        table.insert(2, "source", (sidecar.get("Sources") or ["n/a"])[0])
-        table.insert(3, "contrast", entities["desc"][: -len(desc_suffix)])
+        table.insert(0, "participant_id", record.participant)
+        table.insert(1, "session_id", record.session or "n/a")
+        table.insert(2, "source", (record.sidecar.get("Sources") or ["n/a"])[0])
+        table.insert(3, "contrast", record.contrast)
         frames.append(table)
     return frames
 

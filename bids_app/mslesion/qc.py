@@ -9,7 +9,6 @@ missed lesions show too) and ``thumb`` (the slice with the most lesion voxels).
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -101,6 +100,3 @@ def section(record: ImageRecord) -> str:
         parts.append("<h4>Agreement with manual labels</h4>" + html.table(validation, digits=3))
     return "".join(parts)
 
-
-def figure_paths(record: ImageRecord) -> dict[str, Path]:
-    return {view: record.figure(view) for view in VIEWS}

@@ -35,6 +35,7 @@ class ImageRecord:
     contrast: str
     folder: Path
     prefix: str
+    table: Path
     sidecar: dict = field(hash=False, compare=False)
 
     @property
@@ -82,7 +83,7 @@ def image_records(output_dir: Path, participant: str | None = None, tasks: tuple
             records.append(ImageRecord(output_dir=output_dir, task=name, participant=f"sub-{entities['sub']}",
                                        session=f"ses-{entities['ses']}" if "ses" in entities else None,
                                        contrast=desc, folder=table.parent.relative_to(output_dir), prefix=prefix,
-                                       sidecar=sidecar))
+                                       table=table.relative_to(output_dir), sidecar=sidecar))
     return sorted(records, key=lambda r: (r.participant, r.session or "", r.task, r.prefix))
 
 

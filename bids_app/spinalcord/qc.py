@@ -9,7 +9,6 @@ page).
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -93,6 +92,3 @@ def section(record: ImageRecord) -> str:
             ("predicted mean CSA on the same slices (mm²)", side.get("CSAMeanSameSlicesMm2"))], digits=3))
     return "".join(parts)
 
-
-def figure_paths(record: ImageRecord) -> dict[str, Path]:
-    return {view: record.figure(view) for view in VIEWS}
