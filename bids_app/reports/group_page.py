@@ -12,10 +12,14 @@ Outliers (robust z-score, Iglewicz and Hoaglin 1993)::
 flagged when ``|z_i| > 3.5``, computed per task and measure (the task's ``qc.OUTLIER_MEASURES``) over
 the cohort's images, with at least 5 images and MAD > 0 (otherwise nothing is flagged). The median and
 MAD are hardly moved by the outliers themselves, unlike mean and SD.
+
+A task's own cohort checks join them: when its qc module defines ``extra_flags(records) -> {record key:
+[reason, ...]}``, those reasons are added to the images' flags (after the robust-z ones).
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 from pathlib import Path
 
@@ -56,6 +60,16 @@ def outliers(records: list[ImageRecord], summaries: dict[str, dict], measures: d
             if abs(z) > ROBUST_Z_LIMIT:
                 flags.setdefault(key, []).append(f"{name} {float(values[key]):.3g} is {abs(z):.1f} robust SD "
                                                  f"{'above' if z > 0 else 'below'} the cohort median {median:.3g}")
+    return flags
+
+
+def task_flags(qc: str, records: list[ImageRecord], summaries: dict[str, dict]) -> dict[str, list[str]]:
+    """Every flag of one task's images: :func:`outliers` on the qc module's ``OUTLIER_MEASURES``, then the
+    reasons of its optional ``extra_flags(records)`` hook (see the module docstring)."""
+    flags = outliers(records, summaries, load_function(f"{qc}.OUTLIER_MEASURES"))
+    extra = getattr(importlib.import_module(qc), "extra_flags", None)
+    for key, reasons in (extra(records) if extra else {}).items():
+        flags.setdefault(key, []).extend(reasons)
     return flags
 
 
@@ -102,7 +116,7 @@ def write_group_report(output_dir: Path, written: list[Path], missing: dict[str,
             continue
         qc = get_task(task).qc
         summaries = {r.key: load_function(f"{qc}.summary")(r) for r in mine}
-        flags = outliers(mine, summaries, load_function(f"{qc}.OUTLIER_MEASURES"))
+        flags = task_flags(qc, mine, summaries)
         flagged += [(task, r, flags[r.key]) for r in mine if r.key in flags]
         tables.append(_task_table(task, mine, summaries, flags))
     parts.append(f"<h2>Outliers ({len(flagged)})</h2>")

@@ -16,7 +16,7 @@ from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface
 from bids_app.inputs import InputImageError
 from bids_app.interfaces import _out_path, _save_like
 from bids_app.models import read_metadata
-from bids_app.spinalcord import measures
+from bids_app.spinalcord import measures, vertebrae
 
 LOGGER = logging.getLogger(__name__)
 
@@ -101,6 +101,8 @@ class _CSAInputSpec(BaseInterfaceInputSpec):
 class _CSAOutputSpec(TraitedSpec):
     slices_tsv = File(exists=True, desc="CSA per slice")
     levels_tsv = File(exists=True, desc="CSA per vertebral level (or per 10 mm slab)")
+    pam50_tsv = File(desc="CSA per PAM50 template slice (only with a level_file)")
+    disc_file = File(desc="disc point labels on this image's RAS+ grid (only with a level_file)")
     summary = traits.Dict(desc="summary values for the sidecars")
 
 
@@ -111,31 +113,53 @@ class MeasureCSA(SimpleInterface):
     output_spec = _CSAOutputSpec
 
     def _run_interface(self, runtime):
-        import pandas as pd
-
         soft_img = nib.load(self.inputs.soft_file)
         soft = np.asarray(soft_img.dataobj, dtype=np.float32)
         mask = np.asarray(nib.load(self.inputs.mask_file).dataobj) > 0
-        levels, level_source = None, "none"
+        zooms = tuple(float(z) for z in soft_img.header.get_zooms()[:3])
+        levels, discs, level_source = None, {}, "none"
         if isdefined(self.inputs.level_file):
             label = nib.load(self.inputs.level_file)
-            levels = measures.levels_per_slice(np.asarray(label.dataobj), label.affine, soft_img.affine,
-                                               soft.shape[2], float(soft_img.header.get_zooms()[2]))
+            discs, levels = vertebrae.discs_and_levels(np.asarray(label.dataobj), label.affine, soft_img.affine,
+                                                       soft.shape[2], zooms[2])
             level_source = Path(self.inputs.level_file).name
+            if not levels.any():
+                LOGGER.warning("%s: the labels of %s give no vertebral level on this image's slices (outside "
+                               "its field of view?); CSA is reported per 10 mm slab.",
+                               Path(self.inputs.soft_file).name, level_source)
+        else:
+            LOGGER.warning("%s: no disc labels or levelled cord mask for this session under derivatives/labels; "
+                           "CSA is reported per 10 mm slab, not per vertebral level (see the README: "
+                           "vertebral levels).", Path(self.inputs.soft_file).name)
         manual = None
         if isdefined(self.inputs.manual_file):
             manual = np.asarray(nib.as_closest_canonical(nib.load(self.inputs.manual_file)).dataobj) > 0.5
-        slices, level_rows, summary = measures.csa_tables(
-            soft, mask, tuple(float(z) for z in soft_img.header.get_zooms()[:3]), levels, manual)
+        slices, level_rows, summary = measures.csa_tables(soft, mask, zooms, levels, manual)
         summary["LevelSource"] = level_source
         self._results["slices_tsv"] = _out_path(runtime.cwd, self.inputs.soft_file, "slices", ".tsv")
         self._results["levels_tsv"] = _out_path(runtime.cwd, self.inputs.soft_file, "levels", ".tsv")
-        pd.DataFrame(slices).to_csv(self._results["slices_tsv"], sep="\t", index=False, na_rep="n/a",
-                                    float_format="%.4f")
-        pd.DataFrame(level_rows, columns=list(measures.LEVEL_COLUMNS)).to_csv(
-            self._results["levels_tsv"], sep="\t", index=False, na_rep="n/a", float_format="%.4f")
+        if isdefined(self.inputs.level_file):
+            summary["Discs"] = {str(n): round(float(z), 2) for n, z in sorted(discs.items())}
+            pam50 = vertebrae.to_pam50(np.arange(soft.shape[2], dtype=float), discs, zooms[2])
+            slices["pam50_slice"] = pam50
+            rows = vertebrae.pam50_rows(pam50, np.asarray(slices["csa_mm2"], float),
+                                        np.asarray(slices["csa_binary_mm2"], float))
+            self._results["pam50_tsv"] = _out_path(runtime.cwd, self.inputs.soft_file, "pam50", ".tsv")
+            _write_tsv(rows, self._results["pam50_tsv"], list(vertebrae.PAM50_COLUMNS))
+            centre = measures.csa_per_slice(mask.astype(np.float32), zooms).centre_mm
+            self._results["disc_file"] = _out_path(runtime.cwd, self.inputs.soft_file, "discs")
+            _save_like(vertebrae.disc_volume(discs, centre, soft.shape, zooms), soft_img,
+                       self._results["disc_file"], np.uint8)
+        _write_tsv(slices, self._results["slices_tsv"])
+        _write_tsv(level_rows, self._results["levels_tsv"], list(measures.LEVEL_COLUMNS))
         self._results["summary"] = summary
         return runtime
+
+
+def _write_tsv(table, path: str, columns: list[str] | None = None) -> None:
+    import pandas as pd
+
+    pd.DataFrame(table, columns=columns).to_csv(path, sep="\t", index=False, na_rep="n/a", float_format="%.4f")
 
 
 # ----------------------------------------------------------------------------------------------------

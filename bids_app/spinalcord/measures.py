@@ -17,14 +17,7 @@ For slice ``k`` with in-plane voxel size ``dx, dy`` (mm) and segmentation values
 The centreline is a smoothing spline of the per-slice centres of mass (GCV-chosen smoothing, SciPy's
 ``make_smoothing_spline``) when at least 5 slices contain cord, a straight line otherwise.
 
-Vertebral levels
-----------------
-Disc labels follow SCT/spine-generic: the label value ``n`` marks the posterior tip of the disc at the
-top of vertebra ``n`` (3 = C2/C3 disc). A slice belongs to level ``n`` when the nearest disc above it
-has value ``n``. Above the top disc ``v`` the slices belong to level ``v - 1`` and below the bottom disc
-``w`` to level ``w``, in both cases only within one typical vertebral height (the median distance
-between the given discs, or 20 mm with a single disc). A levelled cord mask (value = level per voxel)
-is used directly (per-slice majority).
+Vertebral levels come from :mod:`bids_app.spinalcord.vertebrae`.
 """
 
 from __future__ import annotations
@@ -36,9 +29,6 @@ import numpy as np
 from scipy import ndimage
 
 LOGGER = logging.getLogger(__name__)
-
-#: Typical vertebral-body-plus-disc height (mm) used to bound open-ended levels with a single disc.
-DEFAULT_LEVEL_HEIGHT_MM = 20.0
 
 
 @dataclass(frozen=True)
@@ -104,83 +94,6 @@ def csa_per_slice(seg: np.ndarray, zooms: tuple[float, float, float], angle_corr
         angle[slices] = 0.0
     csa = area * np.cos(np.radians(angle))
     return SliceCSA(z_mm=np.arange(n_z) * dz, area_mm2=area, angle_deg=angle, csa_mm2=csa, centre_mm=centre)
-
-
-def levels_from_discs(disc_z: dict[int, float], n_slices: int, dz: float) -> np.ndarray:
-    """Vertebral level per slice (0 = unassigned) from disc positions ``{value: z index (float)}``.
-
-    Axis 2 runs inferior to superior, so a disc "above" a slice has a larger z index.
-    """
-    levels = np.zeros(n_slices, dtype=int)
-    if not disc_z:
-        return levels
-    ordered = sorted(disc_z.items(), key=lambda item: -item[1])  # superior first
-    zs = np.array([z for _, z in ordered])
-    height = float(np.median(-np.diff(zs))) * dz if len(zs) > 1 else DEFAULT_LEVEL_HEIGHT_MM
-    for k in range(n_slices):
-        above = [(value, z) for value, z in ordered if z >= k]
-        if above:
-            value, z = above[-1]  # nearest disc above
-            if value == ordered[-1][0] and (z - k) * dz > height:
-                continue  # below the bottom disc by more than one vertebra
-            levels[k] = value
-        else:
-            value, z = ordered[0]
-            if (k - z) * dz <= height and value > 1:
-                levels[k] = value - 1
-    return levels
-
-
-def levels_from_levelled_mask(levelled: np.ndarray) -> np.ndarray:
-    """Majority vertebral level per axial slice of a levelled cord mask ``(X, Y, Z)`` (0 = none)."""
-    levelled = np.rint(levelled).astype(int)
-    out = np.zeros(levelled.shape[2], dtype=int)
-    for k in range(levelled.shape[2]):
-        values = levelled[:, :, k][levelled[:, :, k] > 0]
-        if values.size:
-            out[k] = int(np.bincount(values).argmax())
-    return out
-
-
-def map_labels_to_slices(label_data: np.ndarray, label_affine: np.ndarray, target_affine: np.ndarray,
-                         ) -> list[tuple[int, float]]:
-    """Map each labelled voxel of another image into slice coordinates of the target image.
-
-    Returns ``(label value, continuous z index in the target)`` per labelled voxel, through world
-    (scanner) coordinates, so labels drawn on a co-registered contrast can be used.
-    """
-    ijk = np.argwhere(label_data > 0)
-    if ijk.size == 0:
-        return []
-    values = np.rint(label_data[tuple(ijk.T)]).astype(int)
-    world = label_affine[:3, :3] @ ijk.T + label_affine[:3, 3:4]
-    target = np.linalg.inv(target_affine)
-    z = (target[:3, :3] @ world + target[:3, 3:4])[2]
-    return list(zip(values.tolist(), z.tolist()))
-
-
-def levels_per_slice(label_data: np.ndarray, label_affine: np.ndarray, target_affine: np.ndarray,
-                     n_slices: int, dz: float) -> np.ndarray:
-    """Vertebral level per target slice from disc labels or a levelled cord mask on any grid.
-
-    A label image whose non-zero voxels form at most one small blob per value is treated as disc
-    labels; anything larger as a levelled cord mask.
-    """
-    mapped = map_labels_to_slices(label_data, label_affine, target_affine)
-    if not mapped:
-        return np.zeros(n_slices, dtype=int)
-    values = np.array([v for v, _ in mapped])
-    counts = np.bincount(values)
-    if counts[counts > 0].max() <= 27:  # a disc label is a point or a small blob
-        discs = {int(v): float(np.mean([z for vv, z in mapped if vv == v])) for v in np.unique(values)}
-        return levels_from_discs(discs, n_slices, dz)
-    out = np.zeros(n_slices, dtype=int)
-    zs = np.rint([z for _, z in mapped]).astype(int)
-    for k in range(n_slices):
-        here = values[zs == k]
-        if here.size:
-            out[k] = int(np.bincount(here).argmax())
-    return out
 
 
 def level_name(level: str) -> str:
@@ -287,6 +200,8 @@ SLICE_COLUMNS = {
     "csa_binary_mm2": {"Description": "Cross-sectional area from the binary mask, same formula", "Units": "mm^2"},
     "csa_manual_mm2": {"Description": "Cross-sectional area of the manual mask (only when one was supplied)",
                        "Units": "mm^2"},
+    "pam50_slice": {"Description": "Position of the slice on the PAM50_small template (2 mm slices), linear "
+                                   "between the discs (only with disc labels or levels)"},
 }
 #: Descriptions of the per-level CSA table columns.
 LEVEL_COLUMNS = {

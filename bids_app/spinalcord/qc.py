@@ -23,6 +23,15 @@ VIEWS = ("sagittal", "axial", "thumb")
 #: Per-image values the group page screens for outliers (robust z-score), with their names.
 OUTLIER_MEASURES = {"csa_mean_mm2": "mean CSA (mm²)"}
 
+
+def extra_flags(records: list[ImageRecord]) -> dict[str, list[str]]:
+    """The group page's hook: the images of participants whose CSA at a vertebral level drifts from the
+    other participants' (:func:`bids_app.spinalcord.group.drift_flags`), with the reason."""
+    from bids_app.spinalcord.group import drift_flags
+
+    return drift_flags(records)
+
+
 def render(image_file: str, soft_file: str, mask_file: str) -> dict[str, bytes]:
     """The three QC figures of one cord segmentation, all on the image's native grid shown in RAS+."""
     import nibabel as nib

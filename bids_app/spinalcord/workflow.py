@@ -67,6 +67,19 @@ def init_spinalcord_wf(
     ds_levels = pe.Node(DerivativesSink(suffix="morph", desc_extra="levels", **common), name="ds_levels",
                         run_without_submitting=True)
 
+    if level_file is not None:
+        # Discs (as mapped onto this image) and CSA along the PAM50 template: only where levels are known.
+        disc_native = pe.Node(ToNative(reference=str(image.path)), name="disc_native")
+        ds_discs = pe.Node(DerivativesSink(suffix="dseg", **{**common, "label": "disc"},
+                                           extra={"Description": DISC_DESCRIPTION}),
+                           name="ds_discs", run_without_submitting=True)
+        ds_pam50 = pe.Node(DerivativesSink(suffix="morph", desc_extra="pam50", **common), name="ds_pam50",
+                           run_without_submitting=True)
+        workflow.connect([
+            (measure, disc_native, [("disc_file", "in_file")]),
+            (disc_native, ds_discs, [("out_file", "in_file")]),
+            (measure, ds_pam50, [("pam50_tsv", "in_file"), (("summary", _columns_extra, "pam50"), "extra")]),
+        ])
     workflow.connect([
         (inputnode, reorient, [("in_file", "in_file")]),
         (reorient, segment, [("out_file", "in_file")]),
@@ -91,6 +104,13 @@ PROBSEG_DESCRIPTION = ("Soft spinal-cord segmentation: per-voxel cord fraction i
                        "(partial volume preserved), from the contrast-agnostic cord model.")
 
 
+DISC_DESCRIPTION = ("Intervertebral disc labels on the source grid, SCT convention: value n marks the disc at the "
+                    "top of vertebra n (3 = C2/C3), one voxel each on the cord centreline at the disc's height; "
+                    "from the user's disc labels or levelled cord mask of this session, mapped through world "
+                    "coordinates. Correct them and save as derivatives/labels/<stem>_label-disc_seg.nii.gz to "
+                    "use them as input.")
+
+
 def _threshold_extra(threshold: float) -> dict:
     return {"Type": "ROI", "Threshold": threshold,
             "Description": "Binary spinal-cord mask: soft segmentation >= Threshold, largest connected component."}
@@ -99,6 +119,7 @@ def _threshold_extra(threshold: float) -> dict:
 def _columns_extra(summary: dict, table: str) -> dict:
     """Sidecar of a CSA table: the run's summary values plus a description of every column."""
     from bids_app.spinalcord.measures import LEVEL_COLUMNS, SLICE_COLUMNS
+    from bids_app.spinalcord.vertebrae import PAM50_COLUMNS
 
-    columns = SLICE_COLUMNS if table == "slices" else LEVEL_COLUMNS
+    columns = {"slices": SLICE_COLUMNS, "levels": LEVEL_COLUMNS, "pam50": PAM50_COLUMNS}[table]
     return {**summary, **columns}

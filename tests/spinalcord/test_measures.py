@@ -50,41 +50,6 @@ def test_empty_segmentation_gives_nan_not_zero():
     assert np.all(np.isnan(csa.csa_mm2))
 
 
-def test_levels_from_discs_follow_sct_convention():
-    # Axis 2 runs inferior -> superior: disc 3 (C2/C3) at z=20 is above disc 4 (C3/C4) at z=10.
-    levels = measures.levels_from_discs({3: 20.0, 4: 10.0}, n_slices=40, dz=1.0)
-    assert levels[15] == 3  # between C2/C3 and C3/C4: level C3
-    assert levels[25] == 2  # above the C2/C3 disc, within one vertebra: C2
-    assert levels[5] == 4   # below the C3/C4 disc, within one vertebra: C4
-    assert levels[39] == 0 and levels[31] == 0  # more than one vertebral height (10 mm) above the top disc
-    assert levels[0] == 4
-
-
-def test_levels_from_single_disc_use_default_height():
-    levels = measures.levels_from_discs({3: 30.0}, n_slices=60, dz=1.0)
-    assert set(levels[31:50]) == {2} and levels[55] == 0
-    assert set(levels[11:30]) == {3} and levels[5] == 0
-
-
-def test_levels_map_through_world_coordinates():
-    """Disc labels drawn on a co-registered image with another grid land on the right slices."""
-    target_affine = np.diag([1.0, 1.0, 2.0, 1.0])
-    label_affine = np.diag([0.5, 0.5, 0.5, 1.0])
-    label = np.zeros((40, 40, 80), np.float32)
-    label[20, 20, 60] = 3  # world z = 30 mm -> target slice 15
-    label[20, 20, 20] = 4  # world z = 10 mm -> target slice 5
-    levels = measures.levels_per_slice(label, label_affine, target_affine, n_slices=20, dz=2.0)
-    assert levels[10] == 3 and levels[16] == 2 and levels[3] == 4
-
-
-def test_levelled_mask_majority_per_slice():
-    levelled = np.zeros((5, 5, 4), int)
-    levelled[1:4, 1:4, 0] = 5
-    levelled[1:4, 1:4, 1] = 4
-    levelled[1, 1, 1] = 5
-    assert measures.levels_from_levelled_mask(levelled).tolist() == [5, 4, 0, 0]
-
-
 def test_aggregate_by_level_and_by_range():
     zooms = (0.5, 0.5, 1.0)
     cord = elliptic_cylinder((40, 40, 30), zooms, A, B)

@@ -25,6 +25,8 @@ def holdout_config(config: dict, subject: str, iterations: int | None) -> tuple[
     images = config["data"]["train_images"]
     excluded = [image for image in images if image.startswith(f"{subject}/")]
     held["data"]["train_images"] = [image for image in images if image not in excluded]
+    # The same person may also be in the spine-generic masks (sub-unf01 is): leave those out too.
+    held["data"]["spinegeneric_exclude"] = sorted({*config["data"].get("spinegeneric_exclude", ()), subject})
     held["output"]["run_dir"] = f"{config['output']['run_dir']}_holdout-{subject}"
     held["output"]["export_dir"] = f"{held['output']['run_dir']}/model"
     if iterations:
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m training.spinalco
         held, excluded = holdout_config(config, args.holdout, args.iterations)
         train.train(held, ROOT, resume=not args.no_resume)
         folder = export.export(held, ROOT)
-        calibrate.calibrate(folder, bids_dir, held["data"]["train_images"])
+        calibrate.calibrate_from_config(held, folder, bids_dir)
         rows = evaluate.evaluate_folder(folder, bids_dir, excluded)
         record = ROOT / config["output"]["export_dir"] / "holdout_metrics.json"
         previous = json.loads(record.read_text()) if record.is_file() else {"rows": []}
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m training.spinalco
     if not args.export:
         train.train(config, ROOT, resume=not args.no_resume)
     folder = export.export(config, ROOT)
-    calibrate.calibrate(folder, bids_dir, config["data"]["train_images"])
+    calibrate.calibrate_from_config(config, folder, bids_dir)
     return 0
 
 

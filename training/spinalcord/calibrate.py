@@ -48,3 +48,19 @@ def calibrate(folder: Path, bids_dir: Path, images: list[str], low: float = -3.0
                                      "images": images}
     write_metadata(folder, meta)
     return offset
+
+
+def calibrate_from_config(config: dict, folder: Path, bids_dir: Path) -> float:
+    """Apply the config's calibration rule (``calibration``: ``"midrange"``, the default, or ``"none"``).
+
+    ``"none"`` keeps the raw sigmoid (offset 0): the MSE-trained soft map is left as the network learned
+    it from the mix of conventions in the training data.
+    """
+    rule = config.get("calibration", "midrange")
+    if rule == "none":
+        meta = json.loads((Path(folder) / "metadata.json").read_text())
+        meta["output"]["logit_offset"] = 0.0
+        meta["output"]["calibration"] = {"method": "none (raw sigmoid of the MSE-trained network)"}
+        write_metadata(folder, meta)
+        return 0.0
+    return calibrate(folder, bids_dir, config["data"]["train_images"])

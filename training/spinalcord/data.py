@@ -96,13 +96,8 @@ def real_pools(bids_dir: Path, images: list[str], spacing: float, size: int,
     return real, synth
 
 
-def template_pool(template_dir: Path, spacing: float, size: int, n_classes: int,
-                  thickness: tuple[int, ...]) -> SlicePool:
-    """Tissue-fraction slices from the PAM50 template: cord, CSF and intensity classes of the rest.
-
-    Thick slices are made by averaging the one-hot maps over ``t`` neighbouring template slices, so the
-    cord channel becomes a through-plane partial-volume fraction.
-    """
+def _template_onehot(template_dir: Path, n_classes: int) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """One-hot tissue classes of the PAM50 template ``(C, X, Y, Z)``: cord, CSF, air, then intensity classes."""
     t2, zooms = _canonical(template_dir / "PAM50_small_t2.nii.gz")
     cord, _ = _canonical(template_dir / "PAM50_small_cord.nii.gz")
     cord = cord > 0.5
@@ -117,18 +112,40 @@ def template_pool(template_dir: Path, spacing: float, size: int, n_classes: int,
     onehot[2] = ~body & ~cord & ~csf
     for c in range(1, n_classes - 2):
         onehot[2 + c] = (rest == c) & body & ~cord & ~csf
+    return onehot, zooms
+
+
+def _template_crop(slice_onehot: np.ndarray, zooms: tuple[float, ...], spacing: float, size: int) -> torch.Tensor:
+    fine = to_fine(slice_onehot, zooms[:2], spacing)[:, 0]
+    crop = _crop_around(fine, ndimage.center_of_mass(fine[0].numpy()), size)
+    crop[2] += 1.0 - crop.sum(0).clamp(max=1.0)  # padding outside the template is air
+    return crop
+
+
+def template_classes(template_dir: Path, spacing: float, size: int, n_classes: int) -> torch.Tensor:
+    """Thin (one template slice) tissue-class crops ``(M, C, P, P)`` of every template slice with cord."""
+    onehot, zooms = _template_onehot(template_dir, n_classes)
+    return torch.stack([_template_crop(onehot[:, :, :, k], zooms, spacing, size)
+                        for k in range(onehot.shape[3]) if onehot[0, :, :, k].sum() >= 2])
+
+
+def template_pool(template_dir: Path, spacing: float, size: int, n_classes: int,
+                  thickness: tuple[int, ...]) -> SlicePool:
+    """Tissue-fraction slices from the PAM50 template: cord, CSF and intensity classes of the rest.
+
+    Thick slices are made by averaging the one-hot maps over ``t`` neighbouring template slices, so the
+    cord channel becomes a through-plane partial-volume fraction.
+    """
+    onehot, zooms = _template_onehot(template_dir, n_classes)
     fractions, targets = [], []
     for t in thickness:
         kernel = np.ones(t) / t
         averaged = ndimage.convolve1d(onehot, kernel, axis=3, mode="nearest")
         step = max(1, t // 2)
-        for k in range(0, t2.shape[2], step):
+        for k in range(0, onehot.shape[3], step):
             if averaged[0, :, :, k].sum() < 2:
                 continue
-            fine = to_fine(averaged[:, :, :, k], zooms[:2], spacing)[:, 0]
-            centre = ndimage.center_of_mass(fine[0].numpy())
-            crop = _crop_around(fine, centre, size)
-            crop[2] += 1.0 - crop.sum(0).clamp(max=1.0)  # padding outside the template is air
+            crop = _template_crop(averaged[:, :, :, k], zooms, spacing, size)
             fractions.append(crop)
             targets.append(crop[0])
     LOGGER.info("template: %d slices", len(fractions))

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from bids_app.models import build_network
 from training.spinalcord.augment import sample_batch
 from training.spinalcord.data import real_pools, template_pool
+from training.spinalcord.spinegeneric import spinegeneric_pool
 
 LOGGER = logging.getLogger(__name__)
 
@@ -53,6 +54,11 @@ def train(config: dict, root: Path, resume: bool = True) -> Path:
     pools = {"real": real, "real_synth": real_synth,
              "template": template_pool(root / data_cfg["template_dir"], spacing, size, n_classes,
                                        tuple(data_cfg["template_thickness"]))}
+    if data_cfg.get("spinegeneric_dir"):
+        # Real cord/CSF shapes of ten sites in the community's labelling convention (v2 recipe).
+        pools["spinegeneric"] = spinegeneric_pool(root / data_cfg["spinegeneric_dir"], root / data_cfg["template_dir"],
+                                                  spacing, size, n_classes,
+                                                  tuple(data_cfg.get("spinegeneric_exclude", ())), config["seed"])
 
     network = build_network(config["model"])
     optimiser = torch.optim.AdamW(network.parameters(), lr=train_cfg["lr"], weight_decay=1e-4)
@@ -87,7 +93,7 @@ def train(config: dict, root: Path, resume: bool = True) -> Path:
         loss.backward()
         optimiser.step()
         scheduler.step()
-        running.append(float(loss))
+        running.append(float(loss.detach()))
         if (it + 1) % train_cfg["log_every"] == 0 or it + 1 == total:
             log.write(f"{it + 1}\t{np.mean(running):.5f}\t{scheduler.get_last_lr()[0]:.2e}\t{time.time() - t0:.0f}\n")
             log.flush()
