@@ -124,13 +124,8 @@ class MeasureCSA(SimpleInterface):
                                                        soft.shape[2], zooms[2])
             level_source = Path(self.inputs.level_file).name
             if not levels.any():
-                LOGGER.warning("%s: the labels of %s give no vertebral level on this image's slices (outside "
-                               "its field of view?); CSA is reported per 10 mm slab.",
-                               Path(self.inputs.soft_file).name, level_source)
-        else:
-            LOGGER.warning("%s: no disc labels or levelled cord mask for this session under derivatives/labels; "
-                           "CSA is reported per 10 mm slab, not per vertebral level (see the README: "
-                           "vertebral levels).", Path(self.inputs.soft_file).name)
+                # Shown in the participant report (levels_from) and the sidecars.
+                level_source += " (no level on this image's slices: outside its field of view; 10 mm slabs)"
         manual = None
         if isdefined(self.inputs.manual_file):
             manual = np.asarray(nib.as_closest_canonical(nib.load(self.inputs.manual_file)).dataobj) > 0.5

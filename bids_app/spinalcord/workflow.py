@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -14,6 +15,8 @@ from bids_app.spinalcord.qc import VIEWS
 from bids_app.spinalcord.interfaces import Binarise, MeasureCSA, Segment, ToNative
 from bids_app.tasks import Task
 from bids_app.workflows import connect_figures
+
+LOGGER = logging.getLogger(__name__)
 
 
 def init_spinalcord_wf(
@@ -39,6 +42,10 @@ def init_spinalcord_wf(
     columns (Dice, manual CSA). ``companions`` is accepted for the common factory signature and unused
     (the cord model takes one image of any contrast).
     """
+    if level_file is None:
+        LOGGER.warning("%s: no disc labels or levelled cord mask for this participant/session under the labels "
+                       "folder; CSA is reported per 10 mm slab, not per vertebral level (README: Vertebral levels).",
+                       image.relpath)
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(IdentityInterface(fields=["in_file"]), name="inputnode")
     inputnode.inputs.in_file = str(image.path)

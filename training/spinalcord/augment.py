@@ -26,6 +26,31 @@ def synthesise(fractions: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (fractions * (means + texture)).sum(1)
 
 
+def rim_fade(fractions: torch.Tensor, max_px: float, gen: torch.Generator) -> torch.Tensor:
+    """Fade the painted cord into CSF over a rim of random width (0..``max_px`` pixels) inside the mask.
+
+    Manual raters draw the cord's outer edge: on thick slices the cord's section changes within the
+    slab, and the image's cord/CSF edge is a partial-volume ramp that raters include whole. Painting
+    that ramp *inside* the mask while the target stays the whole mask teaches the network the raters'
+    convention; painting a sharp edge at the mask (no rim) teaches the midpoint of the ramp, measured
+    to under-estimate manual CSA by 5-20 % on real thick-slice images. ``fractions``: ``(B, C, X, Y)``,
+    channel 0 cord, channel 1 CSF (which receives the faded fraction); returns a new tensor.
+    """
+    cord = fractions[:, :1]
+    steps = int(math.ceil(max_px))
+    depth = torch.zeros_like(cord)
+    eroded = cord
+    for _ in range(steps):  # depth inside the mask, in pixels, by repeated 3x3 erosion
+        eroded = 1 - F.max_pool2d(1 - eroded, 3, stride=1, padding=1)
+        depth = depth + eroded
+    width = torch.rand(cord.shape[0], 1, 1, 1, generator=gen) * max_px
+    faded = cord * ((depth + 1) / (width + 1)).clamp(max=1.0)
+    out = fractions.clone()
+    out[:, :1] = faded
+    out[:, 1:2] = fractions[:, 1:2] + (cord - faded)
+    return out
+
+
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Blur each ``(B, 1, X, Y)`` image with its own isotropic sigma (pixels)."""
     radius = 4
@@ -107,7 +132,13 @@ def sample_batch(pools: dict[str, SlicePool], mix: dict[str, float], batch_size:
             continue
         pool = pools[name]
         idx = torch.multinomial(pool.weight, int(count), replacement=True, generator=gen)
-        image = pool.image[idx] if pool.image is not None else synthesise(pool.fractions[idx], gen)
+        if pool.image is not None:
+            image = pool.image[idx]
+        else:
+            fractions = pool.fractions[idx]
+            if pool.rim_px > 0:
+                fractions = rim_fade(fractions, pool.rim_px, gen)
+            image = synthesise(fractions, gen)
         images.append(image)
         targets.append(pool.target[idx])
     return augment(torch.cat(images), torch.cat(targets), patch, gen, max_shift)

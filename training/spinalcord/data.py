@@ -22,12 +22,14 @@ LOGGER = logging.getLogger(__name__)
 @dataclass
 class SlicePool:
     """``image``: (N, P, P) real intensities or ``None``; ``fractions``: (N, C, P, P) tissue fractions
-    whose channel 0 is the cord; ``target``: (N, P, P) soft cord target; ``weight``: sampling weights."""
+    whose channel 0 is the cord; ``target``: (N, P, P) soft cord target; ``weight``: sampling weights;
+    ``rim_px``: largest width (pool pixels) of the rater's rim (:func:`training.spinalcord.augment.rim_fade`)."""
 
     image: torch.Tensor | None
     fractions: torch.Tensor | None
     target: torch.Tensor
     weight: torch.Tensor
+    rim_px: float = 0.0
 
 
 def _canonical(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:

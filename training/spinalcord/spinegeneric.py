@@ -44,11 +44,12 @@ def load_subject(mask_dir: Path, subject: str, spacing: float) -> tuple[torch.Te
 
 
 def spinegeneric_pool(mask_dir: Path, template_dir: Path, spacing: float, size: int, n_classes: int,
-                      exclude: tuple[str, ...] = (), seed: int = 0) -> SlicePool:
+                      exclude: tuple[str, ...] = (), seed: int = 0, rim_px: float = 0.0) -> SlicePool:
     """Tissue-fraction slices: real cord + CSF of each participant in PAM50 surroundings.
 
     Every participant weighs the same (sampling weights 1/n_slices). ``exclude``: participants left out
     (a held-out participant of the dev data must not be seen through its spine-generic masks either).
+    ``rim_px``: largest rater's rim painted inside the mask (:func:`training.spinalcord.augment.rim_fade`).
     """
     rng = np.random.default_rng(seed)
     background = template_classes(template_dir, spacing, size, n_classes)  # (M, C, P, P), cervical slices
@@ -78,4 +79,4 @@ def spinegeneric_pool(mask_dir: Path, template_dir: Path, spacing: float, size: 
             weights.append(1.0 / len(kept))
         LOGGER.info("spine-generic %s: %d slices", subject, len(kept))
     fr = torch.stack(fractions)
-    return SlicePool(image=None, fractions=fr, target=fr[:, 0].clone(), weight=torch.tensor(weights))
+    return SlicePool(image=None, fractions=fr, target=fr[:, 0].clone(), weight=torch.tensor(weights), rim_px=rim_px)

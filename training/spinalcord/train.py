@@ -58,7 +58,8 @@ def train(config: dict, root: Path, resume: bool = True) -> Path:
         # Real cord/CSF shapes of ten sites in the community's labelling convention (v2 recipe).
         pools["spinegeneric"] = spinegeneric_pool(root / data_cfg["spinegeneric_dir"], root / data_cfg["template_dir"],
                                                   spacing, size, n_classes,
-                                                  tuple(data_cfg.get("spinegeneric_exclude", ())), config["seed"])
+                                                  tuple(data_cfg.get("spinegeneric_exclude", ())), config["seed"],
+                                                  data_cfg.get("spinegeneric_rim_px", 0.0))
 
     network = build_network(config["model"])
     optimiser = torch.optim.AdamW(network.parameters(), lr=train_cfg["lr"], weight_decay=1e-4)
