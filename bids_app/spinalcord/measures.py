@@ -108,17 +108,24 @@ def level_name(level: str) -> str:
     return f"L{n - 19}"
 
 
-def aggregate_by_level(csa: SliceCSA, levels: np.ndarray) -> list[dict[str, float]]:
-    """Mean/std/min/max CSA per vertebral level (rows only for levels with cord)."""
+def aggregate_by_level(csa: SliceCSA, levels: np.ndarray, binary: np.ndarray | None = None) -> list[dict[str, float]]:
+    """Mean/std/min/max CSA per vertebral level (rows only for levels with cord).
+
+    ``binary``: per-slice CSA of the binary mask (length Z), adds ``csa_binary_mean_mm2`` to each row.
+    """
     rows = []
     for level in sorted(set(levels[levels > 0].tolist())):
-        values = csa.csa_mm2[(levels == level) & ~np.isnan(csa.csa_mm2)]
-        if values.size:
-            rows.append(_summary({"level": f"{level}"}, values, csa))
+        where = (levels == level) & ~np.isnan(csa.csa_mm2)
+        if where.any():
+            rows.append(_summary({"level": f"{level}"}, csa.csa_mm2[where], _mean(binary, where)))
     return rows
 
 
-def aggregate_by_range(csa: SliceCSA, step_mm: float = 10.0) -> list[dict[str, float]]:
+def _mean(values: np.ndarray | None, where: np.ndarray) -> float | None:
+    return None if values is None else float(np.nanmean(values[where]))
+
+
+def aggregate_by_range(csa: SliceCSA, step_mm: float = 10.0, binary: np.ndarray | None = None) -> list[dict[str, float]]:
     """Mean CSA per slab of ``step_mm`` along z, used when no vertebral level is known."""
     rows = []
     valid = ~np.isnan(csa.csa_mm2)
@@ -129,14 +136,17 @@ def aggregate_by_range(csa: SliceCSA, step_mm: float = 10.0) -> list[dict[str, f
     while start <= z[valid].max():
         inside = valid & (z >= start) & (z < start + step_mm)
         if inside.any():
-            rows.append(_summary({"level": f"z{start:g}-{start + step_mm:g}mm"}, csa.csa_mm2[inside], csa))
+            rows.append(_summary({"level": f"z{start:g}-{start + step_mm:g}mm"}, csa.csa_mm2[inside],
+                                 _mean(binary, inside)))
         start += step_mm
     return rows
 
 
-def _summary(row: dict, values: np.ndarray, csa: SliceCSA) -> dict[str, float]:
+def _summary(row: dict, values: np.ndarray, binary_mean: float | None = None) -> dict[str, float]:
     row.update(n_slices=int(values.size), csa_mean_mm2=float(np.mean(values)), csa_std_mm2=float(np.std(values)),
                csa_min_mm2=float(np.min(values)), csa_max_mm2=float(np.max(values)))
+    if binary_mean is not None:
+        row["csa_binary_mean_mm2"] = binary_mean
     return row
 
 
@@ -184,7 +194,12 @@ def csa_tables(soft: np.ndarray, mask: np.ndarray, zooms: tuple[float, float, fl
         same = ~np.isnan(ref.csa_mm2)
         summary.update(ManualDice=dice(mask, manual), ManualCSAMeanMm2=float(np.mean(ref.csa_mm2[same])),
                        CSAMeanSameSlicesMm2=float(np.mean(np.nan_to_num(csa.csa_mm2[same]))))
-    rows = aggregate_by_level(csa, levels) if levels.any() else aggregate_by_range(csa)
+    rows = aggregate_by_level(csa, levels, csa_bin.csa_mm2) if levels.any() else \
+        aggregate_by_range(csa, binary=csa_bin.csa_mm2)
+    c2c3 = np.isin(levels, (2, 3)) & valid
+    if c2c3.any():  # the number most cord studies quote
+        summary.update(CSAC2C3Mm2=float(np.mean(csa.csa_mm2[c2c3])),
+                       CSABinaryC2C3Mm2=float(np.nanmean(csa_bin.csa_mm2[c2c3])), SlicesC2C3=int(c2c3.sum()))
     return slices, rows, summary
 
 
@@ -211,4 +226,5 @@ LEVEL_COLUMNS = {
     "csa_std_mm2": {"Description": "Standard deviation of the CSA over the slices", "Units": "mm^2"},
     "csa_min_mm2": {"Description": "Minimum CSA", "Units": "mm^2"},
     "csa_max_mm2": {"Description": "Maximum CSA", "Units": "mm^2"},
+    "csa_binary_mean_mm2": {"Description": "Mean angle-corrected CSA of the binary mask", "Units": "mm^2"},
 }

@@ -16,7 +16,7 @@ from bids_app.reports.records import image_records
 from bids_app.spinalcord import group as cord_group
 from bids_app.spinalcord import qc
 
-ROW = dict(n_slices=5, csa_std_mm2=1.0, csa_min_mm2=60.0, csa_max_mm2=90.0)
+ROW = dict(n_slices=5, csa_std_mm2=1.0, csa_min_mm2=60.0, csa_max_mm2=90.0, csa_binary_mean_mm2=70.0)
 #: Level-3 CSA of the six ordinary participants: mean 75, SD (ddof=1) sqrt(2.5 / 5) = 0.7071.
 NORMAL_C3 = (74.0, 75.0, 76.0, 75.0, 74.5, 75.5)
 

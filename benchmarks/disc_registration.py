@@ -1,6 +1,6 @@
 """Measured attempt at automatic disc detection by registering the PAM50 template (issue 14, item 1).
 
-    python benchmarks/spinalcord_discs.py [--out benchmarks/results/discs_pam50_<date>.json]
+    python benchmarks/disc_registration.py [--out benchmarks/results/discs_pam50_<date>.json]
 
 Not part of the app: it records why the app does not yet find vertebral levels on its own. For each dev
 image with manual levels, the mid-sagittal slab (±2 mm around the manual cord) of the image and of the
