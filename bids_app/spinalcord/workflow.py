@@ -77,7 +77,8 @@ def init_spinalcord_wf(
     if level_file is not None:
         # Discs (as mapped onto this image) and CSA along the PAM50 template: only where levels are known.
         disc_native = pe.Node(ToNative(reference=str(image.path)), name="disc_native")
-        ds_discs = pe.Node(DerivativesSink(suffix="dseg", **{**common, "label": "disc"},
+        # BIDS allows no label entity on a dseg: the discs are told apart by desc (<suffix>discs).
+        ds_discs = pe.Node(DerivativesSink(suffix="dseg", desc_extra="discs", **{**common, "label": ""},
                                            extra={"Description": DISC_DESCRIPTION}),
                            name="ds_discs", run_without_submitting=True)
         ds_pam50 = pe.Node(DerivativesSink(suffix="morph", desc_extra="pam50", **common), name="ds_pam50",

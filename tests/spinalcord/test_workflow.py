@@ -46,7 +46,7 @@ def test_outputs_on_native_grid_with_sidecars(derivatives, small_bids):
     assert description["DatasetType"] == "derivative"
 
 
-def test_csa_tables(derivatives):
+def test_csa_tables(derivatives, small_bids):
     anat = derivatives / "sub-01" / "anat"
     slices = pd.read_csv(anat / "sub-01_label-SC_desc-T2wslices_morph.tsv", sep="\t", na_values="n/a")
     true_csa = math.pi * 6.0 * 4.0  # the synthetic sub-01 cord
@@ -58,6 +58,15 @@ def test_csa_tables(derivatives):
     assert set(t1_levels["level"]) <= {"2", "3", "4"}  # the T2w's discs serve the T1w too
     meta = json.loads((anat / "sub-01_label-SC_desc-T2wlevels_morph.json").read_text())
     assert meta["LevelSource"] == "sub-01_T2w_label-disc_seg.nii.gz" and "csa_mean_mm2" in meta
+    assert meta["CSAC2C3Mm2"] == pytest.approx(true_csa, rel=0.12) and "csa_binary_mean_mm2" in levels
+    # The discs as this image sees them: one voxel each, values 3 and 4, on the source grid.
+    discs = nib.load(anat / "sub-01_desc-T2wdiscs_dseg.nii.gz")
+    values = np.asarray(discs.dataobj)
+    assert sorted(values[values > 0].tolist()) == [3, 4]
+    assert discs.shape == nib.load(next(small_bids.rglob("sub-01_T2w.nii.gz"))).shape
+    pam50 = pd.read_csv(anat / "sub-01_label-SC_desc-T2wpam50_morph.tsv", sep="\t")
+    assert set(pam50["vertlevel"]) <= {1, 2, 3, 4, 5} and pam50["pam50_slice"].is_monotonic_decreasing
+    assert 227 in set(pam50["pam50_slice"]) and 218 in set(pam50["pam50_slice"])  # discs 3 and 4 of PAM50
 
 
 def test_group_level(derivatives, small_bids):
