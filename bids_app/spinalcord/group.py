@@ -27,7 +27,7 @@ import pandas as pd
 from bids_app.errors import NothingToAggregateError
 from bids_app.group import ROW_COLUMNS, participant_tables, save_figure, write_table
 from bids_app.spinalcord.measures import LEVEL_COLUMNS, level_name
-from bids_app.spinalcord.vertebrae import PAM50_DISC_SLICES
+from bids_app.spinalcord.vertebrae import PAM50_COLUMNS, PAM50_DISC_SLICES
 from bids_app.tasks import get_task
 
 LOGGER = logging.getLogger(__name__)
@@ -51,17 +51,7 @@ GROUP_CSA_COLUMNS = {
                        "Levels": {"0": "not flagged", "1": "flagged"}},
 }
 
-GROUP_PAM50_COLUMNS = {
-    **ROW_COLUMNS,
-    **CONTRAST_COLUMN,
-    "pam50_slice": {"Description": "Axial slice of the PAM50_small template (2 mm apart, increasing inferior to "
-                                   "superior; C2/C3 disc = 227)"},
-    "pam50_z_mm": {"Description": "Position of that template slice (2 * pam50_slice)", "Units": "mm"},
-    "vertlevel": {"Description": "PAM50 vertebral level of that template slice (2 = C2 ... 8 = T1)"},
-    "n_slices": {"Description": "Number of image slices that fell in this template slice"},
-    "csa_mm2": {"Description": "Mean angle-corrected soft CSA of those slices", "Units": "mm^2"},
-    "csa_binary_mm2": {"Description": "Mean angle-corrected CSA of the binary mask on those slices", "Units": "mm^2"},
-}
+GROUP_PAM50_COLUMNS = {**ROW_COLUMNS, **CONTRAST_COLUMN, **PAM50_COLUMNS}
 
 _IMAGE = ["participant_id", "session_id", "source", "contrast"]
 
