@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from training.common.paths import ROOT
 from training.spinalcord.__main__ import holdout_config
 from training.spinalcord.augment import rim_fade
 from training.spinalcord.spinegeneric import spinegeneric_pool, subjects
@@ -81,7 +82,7 @@ def test_spinegeneric_pool_uses_real_mask_as_target_and_leaves_out_excluded(tmp_
 
 
 def test_holdout_leaves_the_subject_out_of_real_images_and_spine_generic_masks():
-    config = json.loads(open("training/spinalcord/configs/v2.json").read())
+    config = json.loads((ROOT / "training" / "spinalcord" / "configs" / "v2.json").read_text())
     held, excluded = holdout_config(config, "sub-unf01", None)
     assert excluded and all(image.startswith("sub-unf01/") for image in excluded)
     assert not any(image.startswith("sub-unf01/") for image in held["data"]["train_images"])
