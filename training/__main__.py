@@ -15,6 +15,8 @@ from pathlib import Path
 
 TASKS = ("spinalcord", "mslesion")
 DEFAULT_TASK = "spinalcord"
+#: Task folders whose configs have their own command line (no trainer yet): config folder -> command.
+OTHER_COMMANDS = {"ich": "python -m training.ich.synth --config CONFIG"}
 
 
 def task_of(config: Path) -> str:
@@ -35,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     config = next((a for a in argv if not a.startswith("-")), None)
     task = task_of(Path(config)) if config else DEFAULT_TASK
+    folder = Path(config).resolve().parent if config else None
+    if folder is not None and folder.name == "configs" and folder.parent.name in OTHER_COMMANDS:
+        sys.stderr.write(f"{config} is not a training config of a trained task; run "
+                         f"{OTHER_COMMANDS[folder.parent.name].replace('CONFIG', config)}\n")
+        return 2
     cli = importlib.import_module(f"training.{task}.__main__")
     return cli.main(argv, prog="python -m training")
 
