@@ -124,3 +124,47 @@ def test_pam50_disc_constants_match_the_template():
     disc = np.asarray(nib.load(PAM50_DIR / "PAM50_small_label_disc.nii.gz").dataobj)
     found = {int(disc[tuple(i)]): int(i[2]) for i in np.argwhere(disc > 0)}
     assert found == vertebrae.PAM50_DISC_SLICES
+
+
+def _measure(tmp_path, disc_world_z):
+    """Run the MeasureCSA node on a straight synthetic cord (1 mm, 60 slices) with disc points at the
+    given world heights (mm), drawn on another grid (0.5 mm) of the same session."""
+    from bids_app.spinalcord.interfaces import MeasureCSA
+    from bids_app.synthetic import elliptic_cylinder
+
+    zooms = (1.0, 1.0, 1.0)
+    cord = elliptic_cylinder((30, 30, 60), zooms, 5.0, 4.0, centre_mm=(15.0, 15.0, 30.0))
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    nib.Nifti1Image(cord.astype(np.float32), affine).to_filename(tmp_path / "soft.nii.gz")
+    nib.Nifti1Image((cord >= 0.5).astype(np.uint8), affine).to_filename(tmp_path / "mask.nii.gz")
+    points = np.zeros((60, 60, 240), np.uint8)
+    for n, z in disc_world_z.items():
+        points[30, 30, int(z / 0.5)] = n
+    nib.Nifti1Image(points, np.diag([0.5, 0.5, 0.5, 1.0])).to_filename(tmp_path / "discs.nii.gz")
+    node = MeasureCSA(soft_file=str(tmp_path / "soft.nii.gz"), mask_file=str(tmp_path / "mask.nii.gz"),
+                      level_file=str(tmp_path / "discs.nii.gz"))
+    return node.run(cwd=str(tmp_path)).outputs
+
+
+def test_measure_node_writes_levels_pam50_table_and_disc_points(tmp_path):
+    import pandas as pd
+
+    out = _measure(tmp_path, {3: 40.0, 4: 20.0})
+    levels = pd.read_csv(out.levels_tsv, sep="\t", dtype={"level": str})
+    assert levels["level"].tolist() == ["2", "3", "4"]
+    assert out.summary["Discs"] == {"3": 40.0, "4": 20.0} and out.summary["SlicesC2C3"] > 30
+    pam50 = pd.read_csv(out.pam50_tsv, sep="\t")
+    assert {227, 218} <= set(pam50["pam50_slice"]) and pam50["pam50_slice"].is_monotonic_decreasing
+    points = np.asarray(nib.load(out.disc_file).dataobj)
+    (x3, y3, z3), = np.argwhere(points == 3)
+    assert z3 == 40 and abs(x3 - 15) <= 1 and abs(y3 - 15) <= 1  # on the cord centreline at the disc
+
+
+def test_discs_outside_the_field_of_view_give_slabs_not_levels(tmp_path):
+    import pandas as pd
+
+    out = _measure(tmp_path, {3: 110.0})  # 50 mm above the image: no level can be placed
+    levels = pd.read_csv(out.levels_tsv, sep="\t", dtype={"level": str})
+    assert levels["level"].str.startswith("z").all()  # 10 mm slabs
+    assert "outside its field of view" in out.summary["LevelSource"]
+    assert len(pd.read_csv(out.pam50_tsv, sep="\t")) == 0 and not np.asarray(nib.load(out.disc_file).dataobj).any()
