@@ -25,10 +25,25 @@ ROW_COLUMNS = {
     "session_id": {"Description": "Session label (ses-<label>), n/a without sessions"},
     "source": {"Description": "BIDS URI of the segmented image"},
 }
-def participant_tables(output_dir: Path, task: str, dtype: dict | None = None, keep_empty: bool = True) -> list[pd.DataFrame]:
+#: The columns that name one image in every cohort table (:func:`image_columns`).
+IMAGE_COLUMNS = ("participant_id", "session_id", "source", "contrast")
+
+
+def image_columns(record) -> tuple[str, str, str, str]:
+    """The :data:`IMAGE_COLUMNS` values of one ``ImageRecord``: participant, session (``n/a``), the first
+    ``Sources`` entry of its sidecar, contrast."""
+    return (record.participant, record.session or "n/a", (record.sidecar.get("Sources") or ["n/a"])[0],
+            record.contrast)
+
+
+def participant_tables(output_dir: Path, task: str, dtype: dict | None = None, keep_empty: bool = True,
+                       table: tuple[str, str, str] | None = None) -> list[pd.DataFrame]:
     """Every per-image table of ``task`` under ``output_dir`` (the registry's ``participant_table``, found by
     :func:`~bids_app.reports.records.image_records`), each with ``participant_id``, ``session_id``,
     ``source`` and ``contrast`` inserted first.
+
+    ``table``: ``(desc_extra, suffix, extension)`` of another per-image table beside it (e.g.
+    ``("pam50", "morph", ".tsv")``) to read instead; images without one are skipped.
 
     ``contrast`` is the ``desc`` entity without the table's own suffix (``desc-T2wlevels`` -> ``T2w``);
     ``source`` is the first ``Sources`` entry of the table's sidecar. Empty tables are dropped unless
@@ -38,14 +53,15 @@ def participant_tables(output_dir: Path, task: str, dtype: dict | None = None, k
 
     frames = []
     for record in image_records(output_dir, tasks=(task,)):
-        table = pd.read_csv(output_dir / record.table, sep="\t", dtype=dtype)
-        if table.empty and not keep_empty:
+        path = output_dir / (record.output(*table) if table else record.table)
+        if table and not path.is_file():
             continue
-        table.insert(0, "participant_id", record.participant)
-        table.insert(1, "session_id", record.session or "n/a")
-        table.insert(2, "source", (record.sidecar.get("Sources") or ["n/a"])[0])
-        table.insert(3, "contrast", record.contrast)
-        frames.append(table)
+        frame = pd.read_csv(path, sep="\t", dtype=dtype)
+        if frame.empty and not keep_empty:
+            continue
+        for i, (column, value) in enumerate(zip(IMAGE_COLUMNS, image_columns(record))):
+            frame.insert(i, column, value)
+        frames.append(frame)
     return frames
 
 

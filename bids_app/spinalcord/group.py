@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from bids_app.errors import NothingToAggregateError
-from bids_app.group import ROW_COLUMNS, participant_tables, save_figure, write_table
+from bids_app.group import IMAGE_COLUMNS, ROW_COLUMNS, image_columns, participant_tables, save_figure, write_table
 from bids_app.spinalcord.measures import LEVEL_COLUMNS, level_name
 from bids_app.spinalcord.vertebrae import PAM50_COLUMNS, PAM50_DISC_SLICES
 from bids_app.tasks import get_task
@@ -53,7 +53,7 @@ GROUP_CSA_COLUMNS = {
 
 GROUP_PAM50_COLUMNS = {**ROW_COLUMNS, **CONTRAST_COLUMN, **PAM50_COLUMNS}
 
-_IMAGE = ["participant_id", "session_id", "source", "contrast"]
+_IMAGE = list(IMAGE_COLUMNS)
 
 
 def collect_csa(output_dir: Path) -> pd.DataFrame:
@@ -117,8 +117,7 @@ def drift_flags(records: list) -> dict[str, list[str]]:
     level flagged by :func:`csa_drift`, over the cohort of ``records``; used by the group report."""
     if not records:
         return {}
-    keys = {(r.participant, r.session or "n/a", (r.sidecar.get("Sources") or ["n/a"])[0], r.contrast): r.key
-            for r in records}
+    keys = {image_columns(r): r.key for r in records}
     frames = participant_tables(records[0].output_dir, "spinalcord", dtype={"level": str}, keep_empty=False)
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*_IMAGE, "level"])
     table = table[table.set_index(_IMAGE).index.isin(list(keys))]
@@ -134,21 +133,7 @@ def drift_flags(records: list) -> dict[str, list[str]]:
 def collect_pam50(output_dir: Path) -> pd.DataFrame:
     """Every image's CSA per PAM50 template slice (``<prefix>pam50_morph.tsv`` beside its levels table,
     written only when vertebral levels are known), with the image columns first; empty when none."""
-    from bids_app.reports.records import image_records
-
-    frames = []
-    for record in image_records(output_dir, tasks=("spinalcord",)):
-        path = output_dir / record.output("pam50", "morph", ".tsv")
-        if not path.is_file():
-            continue
-        table = pd.read_csv(path, sep="\t")
-        if table.empty:
-            continue
-        for i, (column, value) in enumerate(zip(_IMAGE, (record.participant, record.session or "n/a",
-                                                         (record.sidecar.get("Sources") or ["n/a"])[0],
-                                                         record.contrast))):
-            table.insert(i, column, value)
-        frames.append(table)
+    frames = participant_tables(output_dir, "spinalcord", keep_empty=False, table=("pam50", "morph", ".tsv"))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(GROUP_PAM50_COLUMNS))
 
 

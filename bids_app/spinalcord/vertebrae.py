@@ -41,6 +41,13 @@ PAM50_SLICE_MM = 2.0
 MAX_DISC_VOXELS = 27
 
 
+def open_end_reach_mm(disc_slices: np.ndarray, dz: float) -> float:
+    """How far (mm) levels reach beyond the outermost discs: the median spacing of the discs (slices,
+    any order along the axis) or :data:`DEFAULT_LEVEL_HEIGHT_MM` with a single disc."""
+    ordered = np.sort(np.asarray(disc_slices, dtype=float))
+    return float(np.median(np.diff(ordered))) * dz if ordered.size > 1 else DEFAULT_LEVEL_HEIGHT_MM
+
+
 def levels_from_discs(disc_z: dict[int, float], n_slices: int, dz: float) -> np.ndarray:
     """Vertebral level per slice (0 = unassigned) from disc positions ``{value: z index (float)}``.
 
@@ -50,8 +57,7 @@ def levels_from_discs(disc_z: dict[int, float], n_slices: int, dz: float) -> np.
     if not disc_z:
         return levels
     ordered = sorted(disc_z.items(), key=lambda item: -item[1])  # superior first
-    zs = np.array([z for _, z in ordered])
-    height = float(np.median(-np.diff(zs))) * dz if len(zs) > 1 else DEFAULT_LEVEL_HEIGHT_MM
+    height = open_end_reach_mm(np.array([z for _, z in ordered]), dz)
     for k in range(n_slices):
         above = [(value, z) for value, z in ordered if z >= k]
         if above:
@@ -144,10 +150,10 @@ def to_pam50(z: np.ndarray, discs: dict[int, float], dz: float) -> np.ndarray:
         out[inside] = np.interp(z[inside], subject[::-1], template[::-1])
     else:
         out[z == subject[0]] = template[0]
-    # Open ends reach as far as :func:`levels_from_discs` assigns levels: one median disc spacing.
-    height = DEFAULT_LEVEL_HEIGHT_MM / dz if len(known) == 1 else float(np.median(-np.diff(subject)))
-    above = (z > subject[0]) & (z - subject[0] <= height)
-    below = (z < subject[-1]) & (subject[-1] - z <= height)
+    # Open ends reach as far as :func:`levels_from_discs` assigns levels (same rule, same comparison in mm).
+    height = open_end_reach_mm(subject, dz)
+    above = (z > subject[0]) & ((z - subject[0]) * dz <= height)
+    below = (z < subject[-1]) & ((subject[-1] - z) * dz <= height)
     out[above] = template[0] + (z[above] - subject[0]) * scale_top
     out[below] = template[-1] + (z[below] - subject[-1]) * scale_bottom
     return out

@@ -33,7 +33,7 @@ from bids_app.spinalcord.predict import predict_soft_cord, to_fine, to_native
 from training.common.logs import setup_logging
 from training.common.paths import ROOT
 from training.spinalcord.data import template_classes
-from training.spinalcord.spinegeneric import load_subject, subjects
+from training.spinalcord.spinegeneric import load_subject, paste_into_template, subjects
 
 LOGGER = logging.getLogger(__name__)
 FINE_MM = 0.5
@@ -46,13 +46,7 @@ def synthetic_volume(cord: torch.Tensor, csf: torch.Tensor, background: torch.Te
     ``cord``/``csf``: ``(Z, X, Y)`` masks on the 0.5 mm grid; ``background``: one template class crop
     ``(C, X, Y)`` of the same in-plane size used for every slice (one person, one neck).
     """
-    fractions = background[None].repeat(cord.shape[0], 1, 1, 1)
-    sac = (fractions[:, 0] + fractions[:, 1]).clamp(0, 1)
-    rest = (1 - cord - torch.maximum(csf, sac * (1 - cord))).clamp(0, 1)
-    others = fractions[:, 2:] * (1 - sac)[:, None]
-    others[:, 1] += (rest - others.sum(1)).clamp_min(0)
-    fractions = torch.cat([cord[:, None], (1 - cord - rest).clamp(0, 1)[:, None],
-                           others / others.sum(1, keepdim=True).clamp_min(1e-6) * rest[:, None]], 1)
+    fractions = paste_into_template(cord, csf, background[None].expand(cord.shape[0], -1, -1, -1))
     # One contrast for the whole volume (same class means on every slice), with the cord visibly
     # different from the CSF (a cord of CSF brightness has no edge to find, whatever the model).
     while True:

@@ -36,8 +36,8 @@ def segment_and_measure(bundle, image_path: Path) -> dict:
     out = bundle.metadata["output"]
     mask = measures.binarise(soft, out["threshold"], out["largest_component"])
     slices, _, summary = measures.csa_tables(soft, mask, zooms)
-    return {"soft": soft, "mask": mask, "zooms": zooms, "csa": slices["csa_mm2"], "seconds": seconds,
-            "csa_mean_mm2": summary["CSAMeanMm2"]}
+    return {"soft": soft, "mask": mask, "zooms": zooms, "csa": slices["csa_mm2"],
+            "csa_binary": slices["csa_binary_mm2"], "seconds": seconds, "csa_mean_mm2": summary["CSAMeanMm2"]}
 
 
 def session_levels(label_path: Path, image_path: Path) -> tuple[np.ndarray | None, str | None]:
@@ -67,7 +67,7 @@ def evaluate_image(bundle, image_path: Path, label_path: Path) -> dict:
     result = segment_and_measure(bundle, image_path)
     manual = np.asarray(nib.as_closest_canonical(nib.load(str(label_path))).dataobj) > 0.5
     ref = measures.csa_per_slice(manual.astype(np.float32), result["zooms"])
-    binary = measures.csa_per_slice(result["mask"].astype(np.float32), result["zooms"]).csa_mm2
+    binary = np.asarray(result["csa_binary"], dtype=float)
     same = ~np.isnan(ref.csa_mm2)
     ours_csa = np.nan_to_num(result["csa"][same].astype(float))
     ours_bin = np.nan_to_num(binary[same])

@@ -43,6 +43,25 @@ def load_subject(mask_dir: Path, subject: str, spacing: float) -> tuple[torch.Te
     return cord_f, (csf_f * (1 - cord_f)).clamp(0, 1)
 
 
+def paste_into_template(cord: torch.Tensor, csf: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """Tissue fractions ``(..., C, X, Y)``: a real cord and CSF ``(..., X, Y)`` in the surroundings of template
+    class crops ``background`` ``(..., C, X, Y)`` (channel 0 cord, 1 CSF, 2 air, then intensity classes).
+
+    Template cord/CSF pixels the real CSF does not cover become CSF (the cord sits in a CSF sac); the
+    other classes are rescaled to fill what is left, and where the template had only cord/CSF and the
+    new anatomy has neither, the template's first soft-tissue class fills in.
+    """
+    sac = (background[..., 0, :, :] + background[..., 1, :, :]).clamp(0, 1)  # the template's own cord + CSF
+    out = torch.zeros_like(background)
+    out[..., 0, :, :] = cord
+    out[..., 1, :, :] = torch.maximum(csf, sac * (1 - cord)).clamp(0, 1) * (1 - cord)
+    rest = (1 - out[..., 0, :, :] - out[..., 1, :, :]).clamp(0, 1)
+    others = background[..., 2:, :, :] * (1 - sac)[..., None, :, :]
+    others[..., 1, :, :] += (rest - others.sum(-3)).clamp_min(0)
+    out[..., 2:, :, :] = others / others.sum(-3, keepdim=True).clamp_min(1e-6) * rest[..., None, :, :]
+    return out
+
+
 def spinegeneric_pool(mask_dir: Path, template_dir: Path, spacing: float, size: int, n_classes: int,
                       exclude: tuple[str, ...] = (), seed: int = 0, rim_px: float = 0.0) -> SlicePool:
     """Tissue-fraction slices: real cord + CSF of each participant in PAM50 surroundings.
@@ -62,20 +81,7 @@ def spinegeneric_pool(mask_dir: Path, template_dir: Path, spacing: float, size: 
             centre = ndimage.center_of_mass(cord[k].numpy())
             c = _crop_around(cord[k], centre, size)
             f = _crop_around(csf[k], centre, size)
-            bg = background[int(rng.integers(len(background)))].clone()
-            sac = (bg[0] + bg[1]).clamp(0, 1)  # the template's own cord + CSF
-            out = torch.zeros_like(bg)
-            out[0] = c
-            out[1] = torch.maximum(f, sac * (1 - c)).clamp(0, 1) * (1 - c)
-            rest = (1 - out[0] - out[1]).clamp(0, 1)
-            others = bg[2:] * (1 - sac)[None]
-            norm = others.sum(0, keepdim=True)
-            # Where the template had cord/CSF but the new anatomy has neither: nearest other tissue is air-free
-            # fat/muscle; use the template's first soft-tissue class there.
-            fill = (rest - norm[0]).clamp_min(0)
-            others[1] += fill
-            out[2:] = others / others.sum(0, keepdim=True).clamp_min(1e-6) * rest[None]
-            fractions.append(out)
+            fractions.append(paste_into_template(c, f, background[int(rng.integers(len(background)))]))
             weights.append(1.0 / len(kept))
         LOGGER.info("spine-generic %s: %d slices", subject, len(kept))
     fr = torch.stack(fractions)
