@@ -179,13 +179,23 @@ def _held_out(ids: list[str], hold: list[str], seed: int) -> set[str]:
     return set(hold)
 
 
-def write_dataset(out: Path, maps_dir: Path, n: int, seed: int, config: dict, hold: list[str]) -> list[dict]:
-    """Write ``n`` scans (see the module docstring); returns the rows of ``participants.tsv``."""
+def write_dataset(out: Path, maps_dir: Path, n: int, seed: int, config: dict, hold: list[str],
+                  use: list[str] | None = None) -> list[dict]:
+    """Write ``n`` scans (see the module docstring); returns the rows of ``participants.tsv``.
+
+    ``use``: map ids to draw from exclusively (a test set on the maps another run held out); every other
+    map is then held out and ``hold`` must be empty."""
     paths = sorted(maps_dir.glob("*.nii*"))
     ids = [map_id(p) for p in paths]
     if not paths:
         raise SystemExit(f"no label maps (*.nii*) in {maps_dir}")
-    held = _held_out(ids, hold, seed)
+    if use:
+        unknown = set(use) - set(ids)
+        if unknown or hold:
+            raise SystemExit(f"--use-maps: unknown map ids {sorted(unknown)}" if unknown
+                             else "--use-maps and --hold-out-maps exclude each other")
+        hold = [i for i in ids if i not in set(use)]
+    held = _held_out(ids, hold, seed) if hold else set()
     used = [(i, p) for i, p in zip(ids, paths) if i not in held]
     if not used:
         raise SystemExit("every label map is held out")
@@ -246,11 +256,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hold-out-maps", nargs="*", default=[], metavar="ID",
                         help="map ids never used, or one integer K (K random maps held out)")
+    parser.add_argument("--use-maps", nargs="*", default=[], metavar="ID",
+                        help="draw only from these map ids (e.g. a test set on the maps a training set held out)")
+    parser.add_argument("--normal-fraction", type=float, default=None,
+                        help="fraction of scans without a bleed (default: the config's normal_fraction)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     config = load_config(args.config)
     n = config["n_scans"] if args.n is None else args.n
-    write_dataset(args.out, args.maps, n, args.seed, config, args.hold_out_maps)
+    if args.normal_fraction is not None:
+        config = {**config, "normal_fraction": args.normal_fraction}
+    write_dataset(args.out, args.maps, n, args.seed, config, args.hold_out_maps, args.use_maps)
     return 0
 
 
