@@ -80,7 +80,8 @@ def load_layout(bids_dir: Path, database_dir: Path | None = None):
     The database folder holds :data:`FINGERPRINT_FILE` with the :func:`dataset_fingerprint` and the
     dataset path it was built from; a database whose fingerprint or dataset differs (a participant
     added, a file replaced) is rebuilt, with an INFO line, so that a stale index never hides data.
-    Derivatives and ``.bidsignore``d paths are not indexed; labels are looked up separately.
+    Derivatives are not indexed; labels are looked up separately. ``.bidsignore`` does not hide files from
+    the index (``validate=False``), so the ``ct/`` folders of head CT (a datatype BIDS lacks) are indexed.
     """
     from bids import BIDSLayout, BIDSLayoutIndexer
 
@@ -148,14 +149,74 @@ def collect_inputs(layout, task: Task, subject: str, sessions: tuple[str, ...] =
         if not admitted:
             return []
         query["session"] = admitted
+    folders = _unparsed_datatypes(layout, query)
+    if folders:  # pybids cannot select these by datatype: select by the name of the file's folder instead
+        query.pop("datatype")
     files = layout.get(subject=subject, return_type="object", **query)
+    if folders:
+        files = [f for f in files if Path(f.path).parent.name in folders]
     return [_input_image(layout, f) for f in sorted(files, key=lambda f: f.path)]
 
 
+def _unparsed_datatypes(layout, query: dict) -> list[str]:
+    """The datatypes a query asks for when one of them is a folder pybids' BIDS configuration does not parse
+    (BIDS has no CT datatype, so ``ct/`` files are indexed without a ``datatype`` entity); ``[]`` otherwise.
+
+    pybids indexes such files (the index is built with ``validate=False``; ``.bidsignore`` does not hide
+    them from it), so they are found by their other entities and kept when their folder has the name.
+    """
+    wanted = query.get("datatype")
+    if isinstance(wanted, str):
+        wanted = [wanted]
+    if not isinstance(wanted, (list, tuple)) or not wanted:
+        return []  # absent, or a pybids Query
+    entity = layout.get_entities(metadata=False).get("datatype")
+    known = getattr(entity, "regex", None)
+    if known is not None and all(known.search(f"/{name}/") for name in wanted):
+        return []
+    return [str(name) for name in wanted]
+
+
 def _input_image(layout, f) -> InputImage:
-    """A pybids file object as an :class:`InputImage` of ``layout``."""
-    return InputImage(path=Path(f.path), relpath=str(Path(f.path).relative_to(layout.root)),
-                      entities=dict(f.get_entities()))
+    """A pybids file object as an :class:`InputImage` of ``layout`` (a file in a datatype folder pybids does
+    not parse, such as ``ct/``, gets that folder's name as its ``datatype``)."""
+    path = Path(f.path)
+    entities = dict(f.get_entities())
+    if "datatype" not in entities and not path.parent.name.startswith(("sub-", "ses-")):
+        entities["datatype"] = path.parent.name
+    return InputImage(path=path, relpath=str(path.relative_to(layout.root)), entities=entities)
+
+
+def sidecar_metadata(image: Path, max_levels: int = 4) -> dict:
+    """The JSON sidecar metadata of ``image`` by the BIDS inheritance principle, without pybids.
+
+    Every ``*_<suffix>.json`` (or ``<suffix>.json``) whose entities are a subset of the image's, in the
+    image's folder and up to the dataset root (the folder with ``dataset_description.json``, at most
+    ``max_levels`` up), is read; the nearer file (and, in one folder, the one with more entities) wins.
+    Unreadable JSON files are skipped.
+    """
+    image = Path(image)
+    parts = image.name.split(".")[0].split("_")
+    suffix, entities = parts[-1], set(parts[:-1])
+    folders = [image.parent]
+    while len(folders) <= max_levels and not (folders[-1] / "dataset_description.json").is_file() \
+            and folders[-1].parent != folders[-1]:
+        folders.append(folders[-1].parent)
+    metadata: dict = {}
+    for folder in reversed(folders):  # the dataset root first, the image's folder last
+        found = []
+        for side in folder.glob(f"*{suffix}.json"):
+            names = side.name[: -len(".json")].split("_")
+            if names[-1] == suffix and set(names[:-1]) <= entities:
+                found.append((len(names), side))
+        for _, side in sorted(found):
+            try:
+                content = json.loads(side.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(content, dict):
+                metadata.update(content)
+    return metadata
 
 
 def find_companion(layout, image: InputImage, query: dict) -> InputImage | None:

@@ -250,7 +250,8 @@ def run_participant(config: Config) -> None:
     outputs.remove_stale_temporaries(config.output_dir)
     plan = init_bids_app_wf(config, layout, invalid)
     outputs.write_dataset_description(config.output_dir, config.bids_dir, config.version,
-                                      {REGISTRY[t].label: REGISTRY[t].description for t in config.tasks})
+                                      {REGISTRY[t].label: REGISTRY[t].description for t in config.tasks},
+                                      [pattern for t in config.tasks for pattern in REGISTRY[t].bidsignore])
     crash_dir = config.output_dir / "logs" / "crash" / config.run_id
     found = list(plan.failures)
     if plan.workflow is not None:

@@ -90,6 +90,9 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     extra = traits.Dict(desc="more sidecar fields")
     other_sources = traits.List(traits.Str, desc="raw-dataset paths of other images used (listed in Sources)")
     source_digests = traits.Dict(desc="sha256 of every input file (sidecar SourceDigests, checked on resume)")
+    companion_file = File(exists=True, desc="a file stored beside in_file under its name with companion_extension, "
+                                            "described by the same sidecar (a dseg's .tsv lookup table)")
+    companion_extension = traits.Str("", usedefault=True, desc="extension of companion_file's derivative, e.g. .tsv")
 
 
 class _SinkOutputSpec(TraitedSpec):
@@ -113,6 +116,16 @@ class DerivativesSink(SimpleInterface):
         ext = {"morph": ".tsv", outputs.FIGURE_SUFFIX: ".png"}.get(inputs.suffix, ".nii.gz")
         return outputs.derivative_relpath(entities, inputs.label, inputs.suffix, ext, inputs.desc_extra)
 
+    @staticmethod
+    def relpaths(inputs) -> list[Path]:
+        """Every derivative the node writes: :meth:`relpath` and, with a ``companion_extension``, the
+        companion beside it (same name, that extension; both share one sidecar)."""
+        main = DerivativesSink.relpath(inputs)
+        if not inputs.companion_extension:
+            return [main]
+        stem = outputs.expected_files(main)[1].name[: -len(".json")]
+        return [main, main.with_name(stem + inputs.companion_extension)]
+
     def _run_interface(self, runtime):
         relpath = self.relpath(self.inputs)
         extra = dict(self.inputs.extra) if isdefined(self.inputs.extra) else {}
@@ -125,8 +138,11 @@ class DerivativesSink(SimpleInterface):
                                   self.inputs.version,
                                   other_sources=self.inputs.other_sources if isdefined(self.inputs.other_sources) else (),
                                   **extra)
+        companions = []
+        if self.inputs.companion_extension and isdefined(self.inputs.companion_file):
+            companions.append((Path(self.inputs.companion_file), self.relpaths(self.inputs)[1]))
         self._results["out_file"] = str(outputs.write_output(Path(self.inputs.output_dir), Path(self.inputs.in_file),
-                                                             relpath, content))
+                                                             relpath, content, companions))
         return runtime
 
 

@@ -144,11 +144,17 @@ def sidecar(source_relpath: str, model: dict[str, str] | None, version: str, *, 
     return content
 
 
-def write_output(output_dir: Path, in_file: Path, relpath: Path, sidecar_content: dict[str, Any]) -> Path:
-    """Copy ``in_file`` to ``output_dir/relpath`` and write its sidecar next to it; returns the path."""
+def write_output(output_dir: Path, in_file: Path, relpath: Path, sidecar_content: dict[str, Any],
+                 companions: Sequence[tuple[Path, Path]] = ()) -> Path:
+    """Copy ``in_file`` to ``output_dir/relpath`` and write its sidecar next to it; returns the path.
+
+    ``companions``: ``(file, relpath)`` of files that share the sidecar (a ``dseg.nii.gz``'s ``dseg.tsv``
+    lookup table), copied after ``in_file`` and before the sidecar."""
     dst, side = (output_dir / p for p in expected_files(relpath))
     # The image first, its sidecar last: a sidecar (with its digests) vouches for a complete file.
     atomic_copy(in_file, dst)
+    for companion, companion_relpath in companions:
+        atomic_copy(companion, output_dir / companion_relpath)
     write_json(side, sidecar_content)
     LOGGER.debug("wrote %s", dst)
     return dst
@@ -183,8 +189,16 @@ def outputs_current(output_dir: Path, relpaths: Sequence[Path], digests: dict[st
     return True
 
 
-def write_dataset_description(output_dir: Path, bids_dir: Path, version: str, labels: dict[str, str]) -> None:
-    """``dataset_description.json``, ``.bidsignore``, a ``dseg.tsv``-style label table and the README."""
+#: What every derivatives folder's ``.bidsignore`` lists (see :func:`write_dataset_description`).
+BIDSIGNORE = ("logs/", "group_*", "*_morph.tsv", "*_morph.json", "figures", "sub-*.html")
+
+
+def write_dataset_description(output_dir: Path, bids_dir: Path, version: str, labels: dict[str, str],
+                              ignore: Sequence[str] = ()) -> None:
+    """``dataset_description.json``, ``.bidsignore``, a ``dseg.tsv``-style label table and the README.
+
+    ``.bidsignore`` holds :data:`BIDSIGNORE`, ``ignore`` (the run's tasks' files BIDS does not define, e.g.
+    the ``ct`` folders) and every line an earlier run wrote there, so a run of another task keeps them."""
     container = {}
     if os.environ.get("NEUROSEG_CONTAINER"):
         container = {"Container": {"Type": os.environ["NEUROSEG_CONTAINER"],
@@ -199,7 +213,12 @@ def write_dataset_description(output_dir: Path, bids_dir: Path, version: str, la
     write_json(output_dir / "dataset_description.json", description)
     # The tables, logs and QC reports (sub-<label>.html, figures/) are not (yet) BIDS-defined files. "figures" without a trailing slash: the
     # validator (3.0.2) still flags the folder itself with "figures/".
-    atomic_write_bytes(output_dir / ".bidsignore", b"logs/\ngroup_*\n*_morph.tsv\n*_morph.json\nfigures\nsub-*.html\n")
+    try:
+        earlier = (output_dir / ".bidsignore").read_text().split()
+    except OSError:
+        earlier = []
+    lines = dict.fromkeys([*BIDSIGNORE, *ignore, *earlier])
+    atomic_write_bytes(output_dir / ".bidsignore", ("\n".join(lines) + "\n").encode())
     readme = ("# neuroseg derivatives\n\nMade by neuroseg " + version + " from the dataset in DatasetLinks.raw. "
               "Soft segmentations (_probseg), masks (_mask) and morphometry tables (_morph.tsv) per source image; "
               "group_* tables and figures/ from the group level; logs/ holds each run's configuration.\n")

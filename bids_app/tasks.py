@@ -25,7 +25,10 @@ class Task:
     ``label``); ``label_queries``: suffix patterns of user-supplied labels
     looked up under ``derivatives/labels`` (see :mod:`bids_app.bids`); ``companions``: other images of
     the same participant and session that the model may use beside the segmented one, by channel
-    name, each a pybids query (e.g. the T1w beside a FLAIR); the first match in sorted order is used.
+    name, each a pybids query (e.g. the T1w beside a FLAIR); the first match in sorted order is used;
+    ``bidsignore``: ``.bidsignore`` patterns of the task's files that BIDS does not define (a datatype
+    folder such as ``ct``), which the derivatives' ``.bidsignore`` lists after the task ran and which the
+    raw dataset must list too (the refusal of a file the validator does not know says so).
 
     The task's code is the package ``bids_app.<name>``, laid out the same way for every task: see
     :attr:`workflow`, :attr:`aggregate` and :attr:`qc`.
@@ -41,6 +44,7 @@ class Task:
     label_queries: Mapping[str, str] = field(default_factory=dict)
     companions: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     citation: str = ""
+    bidsignore: tuple[str, ...] = ()
 
     @property
     def workflow(self) -> str:
@@ -90,6 +94,20 @@ REGISTRY: Mapping[str, Task] = MappingProxyType({
         citation=("Kamraoui RA, Ta VT, Tourdias T, et al. DeepLesionBrain: Towards a broader deep-learning "
                   "generalization for multiple sclerosis lesion segmentation. Medical Image Analysis 2022;76:102312. "
                   "doi:10.1016/j.media.2021.102312"),
+    ),
+    "ich": Task(
+        name="ich",
+        description=("Intracranial haemorrhage in head CT (Hounsfield units): haemorrhage probability, mask, type "
+                     "(IPH, SDH, EDH, SAH, IVH) and volumes."),
+        # BIDS has no CT datatype: the convention is sub-*/[ses-*/]ct/*_ct.nii.gz in HU, with ct in .bidsignore.
+        inputs=MappingProxyType({"datatype": "ct", "suffix": "ct", "extension": [".nii", ".nii.gz"]}),
+        label="ICH",
+        model="ich",
+        group_table="group_ich.tsv",
+        participant_table="*_label-{label}_desc-*volumes_morph.tsv",
+        bidsignore=("ct",),
+        citation=("Spahr A, Bozorgtabar B, Thiran JP. Label-efficient deep semantic segmentation of intracranial "
+                  "hemorrhages in CT-scans. Frontiers in Neuroimaging 2023;2:1136181. doi:10.3389/fnimg.2023.1136181"),
     ),
 })
 

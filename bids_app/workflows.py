@@ -93,7 +93,7 @@ def init_single_subject_wf(config: Config, layout, subject: str, plan: Plan,
         for image in images:
             found += 1
             job = Job(participant=f"sub-{subject}", session=_session(image), image=image.relpath, task=task_name)
-            refusal = _refusal(image, invalid)
+            refusal = _refusal(image, invalid, task.bidsignore)
             if refusal:
                 plan.failures.append(job.failed(refusal))
                 continue
@@ -115,7 +115,7 @@ def init_single_subject_wf(config: Config, layout, subject: str, plan: Plan,
                       *manual]
             digests = source_digests(config.bids_dir, inputs)
             sinks = [node for node in task_wf._graph.nodes() if isinstance(node.interface, DerivativesSink)]
-            relpaths = [DerivativesSink.relpath(node.inputs) for node in sinks]
+            relpaths = [relpath for node in sinks for relpath in DerivativesSink.relpaths(node.inputs)]
             if not config.overwrite and outputs.outputs_current(config.output_dir, relpaths, digests,
                                                                 model["SHA256"], config.version):
                 LOGGER.debug("%s (%s): outputs complete and current; skipped", image.relpath, task_name)
@@ -144,10 +144,18 @@ def source_digests(bids_dir: Path, paths) -> dict[str, str]:
     return digests
 
 
-def _refusal(image: bids.InputImage, invalid: dict[str, list[str]]) -> str | None:
-    """Why ``image`` cannot be processed (validator errors, unusable header), or ``None``."""
+def _refusal(image: bids.InputImage, invalid: dict[str, list[str]], bidsignore: tuple[str, ...] = ()) -> str | None:
+    """Why ``image`` cannot be processed (validator errors, unusable header), or ``None``.
+
+    ``bidsignore``: the task's ``.bidsignore`` patterns (files BIDS does not define); a file the validator
+    does not know (``NOT_INCLUDED``) is then told to list them in the dataset's ``.bidsignore``."""
     if image.relpath in invalid:
-        return (f"{image.path.name}: the BIDS validator reports {', '.join(invalid[image.relpath])}; "
+        codes = invalid[image.relpath]
+        if "NOT_INCLUDED" in codes and bidsignore:
+            return (f"{image.path.name}: the BIDS validator does not know this file (NOT_INCLUDED): BIDS defines no "
+                    f"'{image.entities.get('datatype', '?')}' datatype. List {', '.join(bidsignore)} in the "
+                    "dataset's .bidsignore (one line each) and run again, or pass --skip-bids-validation.")
+        return (f"{image.path.name}: the BIDS validator reports {', '.join(codes)}; "
                 "fix or replace the file.")
     try:
         check_header(image.path)
