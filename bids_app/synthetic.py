@@ -238,6 +238,75 @@ def make_lesion_dataset(root: Path, t1w: bool = True) -> Path:
     return root
 
 
+# --------------------------------------------------------------------------------------------- head CT
+#: The synthetic head CT (HU): brain ellipsoid semi-axes (mm), skull and scalp thickness (mm), values.
+CT_BRAIN_MM = (65.0, 80.0, 55.0)
+CT_SKULL_MM, CT_SCALP_MM = 6.0, 3.0
+CT_HU = {"air": -1000.0, "scalp": 40.0, "skull": 1000.0, "brain": (30.0, 40.0), "blood": 60.0}
+#: Centre (mm, RAS, head centre at 0) of the bleed of :func:`synthetic_ct`.
+CT_BLEED_CENTRE = (22.0, 12.0, 6.0)
+
+
+def synthetic_ct(bleed_ml: float = 20.0, zooms: tuple[float, float, float] = (2.0, 2.0, 2.0),
+                 fov_mm: tuple[float, float, float] = (200.0, 220.0, 160.0), seed: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A head-CT phantom in HU: ``(data int16, affine, bleed mask)``.
+
+    Air -1000 HU around an ellipsoidal head: scalp 40 HU (:data:`CT_SCALP_MM`), skull 1000 HU
+    (:data:`CT_SKULL_MM`) and brain uniform in 30-40 HU (:data:`CT_BRAIN_MM` semi-axes), with one sphere of
+    60 HU blood of ``bleed_ml`` mL at :data:`CT_BLEED_CENTRE` (none when 0). The mask is the sphere's voxels
+    (its volume is ``bleed_ml`` to the voxelisation).
+    """
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(round(f / z)) for f, z in zip(fov_mm, zooms))
+    affine = np.diag([*zooms, 1.0])
+    affine[:3, 3] = -(np.asarray(shape) - 1) / 2 * np.asarray(zooms)
+    ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    xyz = (affine[:3, :3] @ ijk + affine[:3, 3:4]).reshape(3, *shape)
+    semi = np.asarray(CT_BRAIN_MM, np.float32).reshape(3, 1, 1, 1)
+
+    def inside(grow_mm: float) -> np.ndarray:
+        return (((xyz / (semi + grow_mm)) ** 2).sum(0)) <= 1.0
+
+    data = np.full(shape, CT_HU["air"], np.float32)
+    data[inside(CT_SKULL_MM + CT_SCALP_MM)] = CT_HU["scalp"]
+    data[inside(CT_SKULL_MM)] = CT_HU["skull"]
+    brain = inside(0.0)
+    low, high = CT_HU["brain"]
+    data[brain] = rng.uniform(low, high, int(brain.sum()))
+    bleed = np.zeros(shape, bool)
+    if bleed_ml > 0:
+        radius = (3 * bleed_ml * 1000.0 / (4 * np.pi)) ** (1 / 3)
+        centre = np.asarray(CT_BLEED_CENTRE, np.float32).reshape(3, 1, 1, 1)
+        bleed = (np.sqrt(((xyz - centre) ** 2).sum(0)) <= radius) & brain
+        data[bleed] = CT_HU["blood"]
+    return np.round(data).astype(np.int16), affine, bleed
+
+
+def make_ct_dataset(root: Path, bleeds_ml: dict[str, float] | None = None) -> Path:
+    """A BIDS dataset of head CTs (``sub-<label>/ct/sub-<label>_ct.nii.gz``, HU, sidecar ``Modality: CT``), one
+    :func:`synthetic_ct` per participant with the bleed volume of ``bleeds_ml`` (default ``01``: 20 mL,
+    ``02``: none); ``.bidsignore`` lists ``ct`` (BIDS has no CT datatype)."""
+    bleeds_ml = {"01": 20.0, "02": 0.0} if bleeds_ml is None else bleeds_ml
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(json.dumps(
+        {"Name": "neuroseg synthetic head CT", "BIDSVersion": "1.10.0", "DatasetType": "raw", "License": "CC0",
+         "Authors": ["neuroseg"]}, indent=2) + "\n")
+    (root / "README").write_text("Synthetic head-CT phantoms in HU made by neuroseg (bids_app/synthetic.py).\n")
+    (root / ".bidsignore").write_text("ct\n")
+    (root / "participants.tsv").write_text("\n".join(["participant_id", *(f"sub-{s}" for s in bleeds_ml)]) + "\n")
+    for n, (subject, ml) in enumerate(bleeds_ml.items()):
+        data, affine, _ = synthetic_ct(ml, seed=n)
+        img = nib.Nifti1Image(data, affine)
+        img.header.set_xyzt_units("mm")
+        folder = root / f"sub-{subject}" / "ct"
+        folder.mkdir(parents=True, exist_ok=True)
+        nib.save(img, str(folder / f"sub-{subject}_ct.nii.gz"))
+        (folder / f"sub-{subject}_ct.json").write_text(json.dumps({"Modality": "CT", "Manufacturer": "synthetic"})
+                                                      + "\n")
+    return root
+
+
 if __name__ == "__main__":
     import argparse
 
