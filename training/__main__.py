@@ -2,7 +2,7 @@
 
 The task is the config's ``"task"`` key, else the task folder it lies in
 (``training/<task>/configs/``); without either (or with only ``--help``) the cord command line runs,
-as ``python -m training`` always did. Options are those of ``python -m training.spinalcord`` or
+as ``python -m training`` always did. Options are those of ``python -m training.spinalcord``, ``python -m training.ich`` or
 ``python -m training.mslesion``.
 """
 
@@ -13,10 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-TASKS = ("spinalcord", "mslesion")
+TASKS = ("spinalcord", "mslesion", "ich")
 DEFAULT_TASK = "spinalcord"
-#: Task folders whose configs have their own command line (no trainer yet): config folder -> command.
-OTHER_COMMANDS = {"ich": "python -m training.ich.synth --config CONFIG"}
+#: Configs that are not training configs but have their own command line: file name -> command.
+OTHER_COMMANDS = {"synth.json": "python -m training.ich.synth --config CONFIG"}
 
 
 def task_of(config: Path) -> str:
@@ -37,10 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     config = next((a for a in argv if not a.startswith("-")), None)
     task = task_of(Path(config)) if config else DEFAULT_TASK
-    folder = Path(config).resolve().parent if config else None
-    if folder is not None and folder.name == "configs" and folder.parent.name in OTHER_COMMANDS:
-        sys.stderr.write(f"{config} is not a training config of a trained task; run "
-                         f"{OTHER_COMMANDS[folder.parent.name].replace('CONFIG', config)}\n")
+    if config and Path(config).name in OTHER_COMMANDS:
+        sys.stderr.write(f"{config} is not a training config; run "
+                         f"{OTHER_COMMANDS[Path(config).name].replace('CONFIG', config)}\n")
         return 2
     cli = importlib.import_module(f"training.{task}.__main__")
     return cli.main(argv, prog="python -m training")
