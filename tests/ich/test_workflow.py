@@ -23,11 +23,16 @@ PREFIXES = {"sub-01": "sub-01_label-ICH_desc-ct", "sub-02": "sub-02_label-ICH_de
 
 
 def test_workflow_builds_without_importing_torch(tmp_path):
+    from tests.ich.conftest import make_model
+
+    make_model(tmp_path / "models" / "ich")
+    bids = make_ct_dataset(tmp_path / "ds", {"01": 0.0})
     code = ("import sys; from pathlib import Path; import bids_app.ich.workflow as w, bids_app.ich.group, "
             "bids_app.ich.qc, bids_app.ich.measures; from bids_app.bids import InputImage; "
             "from bids_app.tasks import get_task; "
             f"m = Path({str(tmp_path / 'models' / 'ich')!r}); "
-            "image = InputImage(path=Path('/x/sub-01/ct/sub-01_ct.nii.gz'), relpath='sub-01/ct/sub-01_ct.nii.gz', "
+            f"image = InputImage(path=Path({str(bids / 'sub-01' / 'ct' / 'sub-01_ct.nii.gz')!r}), "
+            "relpath='sub-01/ct/sub-01_ct.nii.gz', "
             "entities={'subject': '01', 'suffix': 'ct', 'datatype': 'ct', 'extension': '.nii.gz'}); "
             "wf = w.init_ich_wf(task=get_task('ich'), image=image, output_dir=Path('/out'), model_dir=m, "
             "model={}, version='0', name='ich_wf'); "
@@ -35,9 +40,6 @@ def test_workflow_builds_without_importing_torch(tmp_path):
             "assert {'prepare', 'segment', 'to_native', 'binarise', 'measure', 'ds_probseg', 'ds_mask', 'ds_dseg', "
             "'ds_volumes', 'figures', 'ds_axial_qc'} <= names, names; "
             "sys.exit('torch' in sys.modules)")
-    from tests.ich.conftest import make_model
-
-    make_model(tmp_path / "models" / "ich")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
 
