@@ -32,5 +32,6 @@ def test_workflow_modules_do_not_import_torch():
     code = ("import sys; import bids_app.cli, bids_app.workflows, bids_app.spinalcord.workflow, "
             "bids_app.mslesion.workflow, bids_app.mslesion.interfaces, bids_app.mslesion.report, "
             "bids_app.spinalcord.group, bids_app.mslesion.group, bids_app.models, "
-            "bids_app.interfaces, bids_app.group, bids_app.bids; sys.exit('torch' in sys.modules)")
+            "bids_app.interfaces, bids_app.group, bids_app.bids, bids_app.ich.workflow, bids_app.ich.interfaces, "
+            "bids_app.ich.group, bids_app.ich.qc, bids_app.ich.preprocess; sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
