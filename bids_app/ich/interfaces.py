@@ -20,6 +20,7 @@ import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
 from bids_app.bids import sidecar_metadata
+from bids_app.errors import ModelError
 from bids_app.ich import measures, preprocess
 from bids_app.inputs import InputImageError, load_checked
 from bids_app.interfaces import _out_path as _out
@@ -27,6 +28,9 @@ from bids_app.interfaces import _save_like
 from bids_app.models import read_metadata
 
 LOGGER = logging.getLogger(__name__)
+
+#: The ``predictor`` of ``metadata.json`` that :func:`bids_app.ich.predict.predict_grid` implements.
+PREDICTOR = "ich_slices"
 
 
 def _save_grid(data: np.ndarray, affine: np.ndarray, path: str, dtype) -> None:
@@ -122,6 +126,10 @@ class SegmentICH(SimpleInterface):
 
         torch.set_num_threads(max(1, self.inputs.num_threads))
         bundle = models.load_model(Path(self.inputs.model_dir), self.inputs.device)
+        predictor = bundle.metadata.get("predictor", PREDICTOR)
+        if predictor != PREDICTOR:
+            raise ModelError(f"The ich model in {self.inputs.model_dir} names the predictor '{predictor}'; this "
+                             f"version of neuroseg runs '{PREDICTOR}' (predict.predict_grid) only.")
         img = nib.load(self.inputs.in_file)
         bleed, probs = predict.predict_grid(bundle.network, np.asarray(img.dataobj, np.float32),
                                             bundle.metadata["input"])
@@ -188,7 +196,7 @@ class BinariseICH(SimpleInterface):
     def _run_interface(self, runtime):
         spec = read_metadata(Path(self.inputs.model_dir))["output"]
         img = nib.load(self.inputs.prob_file)
-        zooms = img.header.get_zooms()[:3]
+        zooms = measures.effective_zooms(img.affine)
         threshold, min_ml = float(spec["threshold"]), float(spec["min_component_ml"])
         mask = measures.remove_small_components(measures.binarise(np.asarray(img.dataobj), threshold), zooms, min_ml)
         dseg = measures.type_map(mask, np.asarray(nib.load(self.inputs.type_file).dataobj))
@@ -231,9 +239,9 @@ class MeasureICH(SimpleInterface):
 
         spec = read_metadata(Path(self.inputs.model_dir))["output"]
         img = nib.load(self.inputs.mask_file)
-        zooms = img.header.get_zooms()[:3]
+        zooms = measures.effective_zooms(img.affine)
         inside = nib.load(self.inputs.intracranial_file)
-        intracranial = measures.volume_ml(np.asarray(inside.dataobj) > 0, inside.header.get_zooms()[:3])
+        intracranial = measures.volume_ml(np.asarray(inside.dataobj) > 0, measures.effective_zooms(inside.affine))
         row = measures.haemorrhage_measures(np.asarray(img.dataobj) > 0, np.asarray(nib.load(self.inputs.dseg_file).dataobj),
                                             zooms, measures.classes_of(spec), intracranial or None)
         row.update(threshold=self.inputs.threshold, min_component_ml=self.inputs.min_component_ml,

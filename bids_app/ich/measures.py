@@ -1,6 +1,8 @@
 """Haemorrhage measures of the ``ich`` task: plain functions on numpy arrays (numpy and scipy.ndimage only).
 
-Arrays are ``(X, Y, Z)`` voxel arrays on one grid; ``zooms`` are its voxel sizes in mm (``header.get_zooms()[:3]``).
+Arrays are ``(X, Y, Z)`` voxel arrays on one grid; ``zooms`` are its voxel sizes in mm. The app passes
+:func:`effective_zooms` of the image's affine (the header's zooms unless the affine is sheared, as for a
+gantry-tilted CT), so that a voxel's volume is ``|det(affine[:3, :3])|``.
 
 Definitions
 -----------
@@ -27,6 +29,16 @@ from scipy import ndimage
 
 #: 26-connectivity in 3D: face, edge and corner neighbours.
 CONNECTIVITY = np.ones((3, 3, 3), bool)
+
+
+def effective_zooms(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel sizes (mm) whose product is the true voxel volume ``|det(affine[:3, :3])|``: the lengths of the
+    first two voxel axes and the spacing of the slices measured perpendicular to them. Equal to the header's
+    zooms for an unsheared affine; smaller along the slices (by cos(tilt)) for a gantry-tilted CT, whose
+    header zooms would overstate every volume."""
+    a = np.asarray(affine, dtype=np.float64)[:3, :3]
+    dx, dy = float(np.linalg.norm(a[:, 0])), float(np.linalg.norm(a[:, 1]))
+    return dx, dy, float(abs(np.linalg.det(a))) / (dx * dy)
 
 
 def voxel_volume_mm3(zooms: Sequence[float]) -> float:

@@ -51,7 +51,9 @@ def render(image_file: str, prob_file: str, mask_file: str, window: Sequence[flo
     head = hu > -300
     box = mosaic.crop_box(head, zooms, 5.0) if head.any() else None
     slices = mosaic.pick_slices(mask, 12, by_content=True) if mask.any() else mosaic.pick_slices(head, 12)
-    volume = float(mask.sum()) * float(np.prod(zooms)) / 1000.0
+    from bids_app.ich.measures import effective_zooms, volume_ml
+
+    volume = volume_ml(mask, effective_zooms(image.affine))
     title = (f"{volume:.1f} mL: slices with the most haemorrhage" if mask.any() else "no haemorrhage found") + \
         f" (window {lo:g} to {hi:g} HU, R on the left)"
     return {

@@ -77,3 +77,13 @@ def test_classes_and_columns_come_from_the_metadata():
     columns = measures.volume_columns(classes)
     assert "IPH_volume_ml" in columns and "XYZ_volume_ml" in columns and "background_volume_ml" not in columns
     assert columns["total_volume_ml"]["Units"] == "mL"
+
+
+def test_effective_zooms_give_the_true_voxel_volume_of_a_tilted_gantry():
+    tilt = np.deg2rad(20.0)
+    affine = np.eye(4)
+    affine[:3, :3] = [[0.5, 0, 0], [0, 0.5, 5.0 * np.sin(tilt)], [0, 0, 5.0 * np.cos(tilt)]]  # slices 5 mm along the tilt
+    zooms = measures.effective_zooms(affine)
+    assert zooms[:2] == pytest.approx((0.5, 0.5)) and zooms[2] == pytest.approx(5.0 * np.cos(tilt))
+    assert measures.voxel_volume_mm3(zooms) == pytest.approx(abs(np.linalg.det(affine[:3, :3])))
+    assert measures.effective_zooms(np.diag([2.0, 3.0, 4.0, 1.0])) == pytest.approx((2.0, 3.0, 4.0))
