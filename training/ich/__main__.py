@@ -71,15 +71,15 @@ def main(argv=None, prog: str = "python -m training.ich") -> int:
         torch.set_num_threads(args.threads)
     if args.synthesise:
         synthesise(config)
+    if args.table:
+        from training.ich.experiment import table
+
+        table(config)
     if args.card:
         from training.ich.card import write_card
 
         write_card(config)
         return 0
-    if args.table:
-        from training.ich.experiment import table
-
-        table(config)
     if args.evaluate or args.export:
         from training.ich.export import evaluate, export
 
