@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bids_app.ich import preprocess
+from bids_app.ich import measures, preprocess
 
 
 def _device(net: torch.nn.Module) -> torch.device:
@@ -56,18 +56,6 @@ def predict_grid(net: torch.nn.Module, hu: np.ndarray, input_meta: dict, batch: 
     return bleed, probs
 
 
-def drop_small_components(mask: np.ndarray, voxel_ml: float, min_ml: float) -> np.ndarray:
-    """``mask`` without its 26-connected components smaller than ``min_ml`` mL (voxel volume ``voxel_ml``)."""
-    if min_ml <= 0 or not mask.any():
-        return mask
-    from scipy import ndimage
-
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    sizes = np.bincount(labels.ravel())[1:] * voxel_ml
-    keep = np.concatenate([[False], sizes >= min_ml])
-    return keep[labels]
-
-
 def segment_ct(net: torch.nn.Module, metadata: dict, data: np.ndarray, affine: np.ndarray,
                kind: str = "ct", batch: int = 16) -> dict:
     """Segment a head CT on its native grid.
@@ -90,10 +78,11 @@ def segment_ct(net: torch.nn.Module, metadata: dict, data: np.ndarray, affine: n
     bleed, probs = predict_grid(net, hu_grid, inp, batch)
     t2 = time.perf_counter()
     probability = np.clip(preprocess.to_native(bleed, grid, affine, data.shape, order=1), 0.0, 1.0)
-    voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
-    mask = drop_small_components(probability >= float(out["threshold"]), voxel_ml, float(out.get("min_component_ml", 0.0)))
-    kinds = (1 + np.argmax(probs[1:], axis=0)).astype(np.uint8)
-    types = np.where(mask, preprocess.to_native(kinds, grid, affine, data.shape, order=0), 0).astype(np.uint8)
+    zooms = measures.effective_zooms(affine)
+    mask = measures.remove_small_components(measures.binarise(probability, float(out["threshold"])), zooms,
+                                            float(out.get("min_component_ml", 0.0)))
+    kinds = measures.bleed_type(probs)
+    types = measures.type_map(mask, preprocess.to_native(kinds, grid, affine, data.shape, order=0))
     t3 = time.perf_counter()
     return {"probability": probability.astype(np.float32), "mask": mask, "types": types,
             "seconds": {"preprocess": t1 - t0, "network": t2 - t1, "native": t3 - t2}}
