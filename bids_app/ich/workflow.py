@@ -52,6 +52,10 @@ def init_ich_wf(
     unused.
     """
     meta = read_metadata(model_dir)
+    if meta.get("status") == "experimental":
+        # The model's own card says it misses its accuracy targets; a user must not read its volumes unwarned.
+        LOGGER.warning("The ich model %s %s is experimental: %s See %s/README.md.", meta["name"], meta["version"],
+                       meta.get("status_reason", ""), model_dir)
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(IdentityInterface(fields=["in_file"]), name="inputnode")
     inputnode.inputs.in_file = str(image.path)

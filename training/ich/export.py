@@ -37,6 +37,7 @@ def metadata_for(config: dict, sha256: str) -> dict:
     return {
         "name": "neuroseg-ich", "version": config["version"], "task": "ich", "weights": "model.safetensors",
         "sha256": sha256, "predictor": "ich_slices",
+        **({"status": config["status"], "status_reason": config.get("status_reason", "")} if "status" in config else {}),
         "architecture": {"name": "UNet", "params": {
             "spatial_dims": 2, "in_channels": len(inp["windows"]) * (2 * inp["context"] + 1),
             "out_channels": net["n_classes"], "channels": net["channels"],

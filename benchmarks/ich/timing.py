@@ -1,7 +1,7 @@
 """Cost of the ``ich`` task per head CT on this machine (not a test): end to end as a user runs it, and
 stage by stage through the app's own Nipype interfaces.
 
-    python benchmarks/ich.py CT.nii.gz [CT.nii.gz ...] [--threads 2] [--json out.json]
+    python benchmarks/ich/timing.py CT.nii.gz [CT.nii.gz ...] [--threads 2] [--json out.json]
 
 End to end: ``python run.py BIDS OUT participant --tasks ich --nprocs 2`` on a one-participant BIDS copy
 of each CT (wall seconds, including Python start-up, pybids indexing and report writing). Stages (in this
@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NIPYPE_NO_ET", "1")
 
