@@ -82,6 +82,7 @@ def main(argv=None) -> int:
 
     rows = []
     for ct in args.cts:
+        ct = ct.resolve()
         img = nib.load(str(ct))
         row = {"image": ct.name, "shape": list(img.shape), "zooms_mm": [round(float(z), 3) for z in img.header.get_zooms()[:3]]}
         row.update(stages(ct, args.threads))
