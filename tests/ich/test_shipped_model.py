@@ -12,8 +12,9 @@ from tests.helpers import ENTRY_POINTS, ROOT, assert_clean_console, run_app
 
 MODEL = ROOT / "models" / "ich"  # what run.py uses (run_app drops NEUROSEG_MODELS_DIR)
 
-pytestmark = pytest.mark.skipif(not (MODEL / "metadata.json").is_file(),
-                                reason=f"the ich model is not shipped yet ({MODEL / 'metadata.json'} does not exist)")
+# slow: two full participant runs with the real network (about 2 min on 2 CPUs) keep the default suite under 15 min.
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (MODEL / "metadata.json").is_file(),
+                                reason=f"the ich model is not shipped yet ({MODEL / 'metadata.json'} does not exist)")]
 
 BLEED_ML = 20.0
 
