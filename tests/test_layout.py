@@ -151,14 +151,7 @@ def test_every_task_package_has_the_same_shape(task):
     assert isinstance(load_function(f"{spec.qc}.OUTLIER_MEASURES"), dict)
 
 
-#: Tasks whose model folder is not in the repository yet (their end-to-end test of the shipped model skips too).
-PENDING_MODELS: set[str] = set()
-
-
 @pytest.mark.parametrize("task", TASKS)
 def test_every_task_ships_its_model(task):
     spec = REGISTRY[task]
-    shipped = (ROOT / "models" / spec.model / "metadata.json").is_file()
-    if task in PENDING_MODELS and not shipped:
-        pytest.skip(f"models/{spec.model}/ is not shipped yet (another engineer trains it)")
-    assert shipped, f"models/{spec.model}/metadata.json is missing"
+    assert (ROOT / "models" / spec.model / "metadata.json").is_file(), f"models/{spec.model}/metadata.json is missing"

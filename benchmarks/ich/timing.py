@@ -42,33 +42,13 @@ def end_to_end(ct: Path, nprocs: int) -> float:
 
 def stages(ct: Path, threads: int) -> dict:
     from bids_app.config import default_models_dir
-    from bids_app.ich.interfaces import BinariseICH, ICHToNative, MeasureICH, PrepareCT, SegmentICH
+    from bids_app.ich.interfaces import run_in_process
 
-    model = str(default_models_dir() / "ich")
-    row = {}
-    cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
-        os.chdir(tmp)
-        t = time.perf_counter()
-        prep = PrepareCT(in_file=str(ct), model_dir=model).run().outputs
-        row["prepare_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        seg = SegmentICH(in_file=prep.out_file, model_dir=model, num_threads=threads).run().outputs
-        row["network_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        nat = ICHToNative(prob_file=seg.prob_file, type_file=seg.type_file, reference=str(ct)).run().outputs
-        row["to_native_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        binar = BinariseICH(prob_file=nat.prob_file, type_file=nat.type_file, model_dir=model).run().outputs
-        row["binarise_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        meas = MeasureICH(mask_file=binar.mask_file, dseg_file=binar.dseg_file, intracranial_file=prep.intracranial_file,
-                          model_dir=model, threshold=binar.threshold, min_component_ml=binar.min_component_ml,
-                          kind=prep.kind).run().outputs
-        row["measure_s"] = time.perf_counter() - t
-        row["summary"] = meas.summary
-        os.chdir(cwd)
-    row["stages_total_s"] = sum(v for k, v in row.items() if k.endswith("_s"))
+        outputs, seconds = run_in_process(ct, default_models_dir() / "ich", Path(tmp), threads)
+    row = {f"{name}_s": s for name, s in seconds.items()}
+    row["summary"] = outputs["measure"].summary
+    row["stages_total_s"] = sum(seconds.values())
     return row
 
 

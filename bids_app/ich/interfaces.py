@@ -255,3 +255,46 @@ class MeasureICH(SimpleInterface):
         LOGGER.info("%s: haemorrhage %.2f mL in %d component(s)", Path(self.inputs.mask_file).name,
                     row["total_volume_ml"], row["component_count"])
         return runtime
+
+
+# ----------------------------------------------------------------------------------------------------
+#: The nodes of :func:`bids_app.ich.workflow.init_ich_wf`, in the order it connects them.
+NODE_ORDER = ("prepare", "segment", "to_native", "binarise", "measure")
+
+
+def run_in_process(ct: Path, model_dir: Path, cwd: Path, num_threads: int = 1) -> tuple[dict, dict[str, float]]:
+    """Run the workflow's nodes on one CT in this process, one after the other, without the Nipype engine
+    (for evaluation and benchmarks: the same interfaces and the same inputs the workflow gives them).
+
+    Node files are written under ``cwd``. Returns ``(outputs, seconds)``: each node's Nipype outputs and
+    its wall seconds, keyed by :data:`NODE_ORDER`.
+    """
+    import os
+    import time
+
+    ct, model_dir = str(Path(ct).resolve()), str(model_dir)
+    steps = {
+        "prepare": lambda o: PrepareCT(in_file=ct, model_dir=model_dir),
+        "segment": lambda o: SegmentICH(in_file=o["prepare"].out_file, model_dir=model_dir, num_threads=num_threads),
+        "to_native": lambda o: ICHToNative(prob_file=o["segment"].prob_file, type_file=o["segment"].type_file,
+                                           reference=ct),
+        "binarise": lambda o: BinariseICH(prob_file=o["to_native"].prob_file, type_file=o["to_native"].type_file,
+                                          model_dir=model_dir),
+        "measure": lambda o: MeasureICH(mask_file=o["binarise"].mask_file, dseg_file=o["binarise"].dseg_file,
+                                        intracranial_file=o["prepare"].intracranial_file, model_dir=model_dir,
+                                        threshold=o["binarise"].threshold, min_component_ml=o["binarise"].min_component_ml,
+                                        kind=o["prepare"].kind),
+    }
+    outputs: dict = {}
+    seconds: dict[str, float] = {}
+    previous = os.getcwd()
+    Path(cwd).mkdir(parents=True, exist_ok=True)
+    os.chdir(cwd)  # Nipype interfaces write their files into the working directory
+    try:
+        for name in NODE_ORDER:
+            start = time.perf_counter()
+            outputs[name] = steps[name](outputs).run().outputs
+            seconds[name] = time.perf_counter() - start
+    finally:
+        os.chdir(previous)
+    return outputs, seconds

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bids_app.ich import measures, preprocess
+from bids_app.ich import preprocess
 
 
 def _device(net: torch.nn.Module) -> torch.device:
@@ -55,34 +55,3 @@ def predict_grid(net: torch.nn.Module, hu: np.ndarray, input_meta: dict, batch: 
         bleed = np.where(inside, bleed, 0.0).astype(np.float32)
     return bleed, probs
 
-
-def segment_ct(net: torch.nn.Module, metadata: dict, data: np.ndarray, affine: np.ndarray,
-               kind: str = "ct", batch: int = 16) -> dict:
-    """Segment a head CT on its native grid.
-
-    ``data`` ``(X, Y, Z)`` HU on ``affine`` (any orientation, sheared for a tilted gantry); ``kind`` from
-    :func:`bids_app.ich.preprocess.check_hu`. Returns ``probability`` (float32, 1 - p(background) brought
-    back linearly), ``mask`` (bool: probability >= ``metadata['output']['threshold']``, components under
-    ``output['min_component_ml']`` dropped), ``types`` (uint8: per mask voxel the most probable bleed
-    class 1..K on the model grid, nearest-neighbour to native; 0 outside the mask) and ``seconds`` per
-    stage (``preprocess``, ``network``, ``native``).
-    """
-    import time
-
-    inp, out = metadata["input"], metadata["output"]
-    t0 = time.perf_counter()
-    hu = preprocess.with_air(np.asarray(data, np.float32), kind)
-    grid, shape = preprocess.model_grid(hu, affine, float(inp["spacing_mm"]), int(inp["in_plane"]))
-    hu_grid = preprocess.resample(hu, affine, grid, shape, order=1, cval=-1024.0)
-    t1 = time.perf_counter()
-    bleed, probs = predict_grid(net, hu_grid, inp, batch)
-    t2 = time.perf_counter()
-    probability = np.clip(preprocess.to_native(bleed, grid, affine, data.shape, order=1), 0.0, 1.0)
-    zooms = measures.effective_zooms(affine)
-    mask = measures.remove_small_components(measures.binarise(probability, float(out["threshold"])), zooms,
-                                            float(out.get("min_component_ml", 0.0)))
-    kinds = measures.bleed_type(probs)
-    types = measures.type_map(mask, preprocess.to_native(kinds, grid, affine, data.shape, order=0))
-    t3 = time.perf_counter()
-    return {"probability": probability.astype(np.float32), "mask": mask, "types": types,
-            "seconds": {"preprocess": t1 - t0, "network": t2 - t1, "native": t3 - t2}}

@@ -12,7 +12,7 @@ from tests.helpers import ENTRY_POINTS, ROOT, assert_clean_console, run_app
 
 MODEL = ROOT / "models" / "ich"  # what run.py uses (run_app drops NEUROSEG_MODELS_DIR)
 
-# slow: two full participant runs with the real network (about 2 min on 2 CPUs) keep the default suite under 15 min.
+# slow: a full participant run of two CTs with the real network (29 s on 2 CPUs) stays out of the default suite.
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (MODEL / "metadata.json").is_file(),
                                 reason=f"the ich model is not shipped yet ({MODEL / 'metadata.json'} does not exist)")]
 
@@ -42,7 +42,7 @@ def test_the_shipped_model_runs_as_users_run_it(shipped_run):
     assert _total(out, "01") > 0.5 * BLEED_ML  # the bleed is found
 
 
-# v0.1.0 (8 CPU-minutes of training, see models/ich/README.md) over-segments: 28.4 mL on the 20 mL phantom.
+# v0.1.0 (6 CPU-minutes of training, see models/ich/README.md) over-segments: 28.4 mL on the 20 mL phantom.
 # strict: this test fails as soon as a model meets the target, so that the marker is then removed.
 @pytest.mark.xfail(strict=True, reason="models/ich 0.1.0 misses the issue-15 accuracy targets (see its card)")
 def test_the_shipped_model_measures_a_known_bleed_and_nothing_without_it(shipped_run):

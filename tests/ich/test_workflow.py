@@ -105,6 +105,19 @@ def test_every_output_with_bids_names_and_sidecars(ich_run, ich_models):
     assert validate_dataset(out) == {}
 
 
+def test_nodes_in_process_give_what_the_workflow_wrote(ich_run, ich_models, tmp_path):
+    """run_in_process (evaluation, benchmarks) runs the workflow's nodes: same mask and volumes."""
+    from bids_app.ich.interfaces import NODE_ORDER, run_in_process
+
+    bids, out = ich_run
+    outputs, seconds = run_in_process(bids / "sub-01" / "ct" / "sub-01_ct.nii.gz", ich_models / "ich", tmp_path)
+    assert tuple(seconds) == NODE_ORDER and all(v >= 0 for v in seconds.values())
+    written = np.asarray(nib.load(out / "sub-01" / "ct" / f"{PREFIXES['sub-01']}_mask.nii.gz").dataobj)
+    assert np.array_equal(np.asarray(nib.load(outputs["binarise"].mask_file).dataobj), written)
+    table = pd.read_csv(out / "sub-01" / "ct" / f"{PREFIXES['sub-01']}volumes_morph.tsv", sep="\t").iloc[0]
+    assert outputs["measure"].summary["total_volume_ml"] == pytest.approx(table["total_volume_ml"], abs=1e-3)
+
+
 def test_rerun_skips_current_outputs_and_redoes_a_deleted_lookup_table(ich_run, ich_models, tmp_path):
     bids, out = ich_run
     lookup = out / "sub-01" / "ct" / "sub-01_desc-ctICHtypes_dseg.tsv"

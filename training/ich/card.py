@@ -51,7 +51,7 @@ def write_card(config: dict) -> Path:
          _pass(s["normal_max_ml"] <= 0.5)],
         ["real normal head CT sub-ct01", f"{_f(ct01['pred_ml'])} mL" if ct01 else "not run (no ../shared/data)",
          "<= 0.5 mL", _pass(ct01["pred_ml"] <= 0.5) if ct01 else "n/a"],
-        ["segmentation seconds per CT (network + resampling, 2 CPU threads), median",
+        [f"seconds per CT through the app's nodes ({ev.get('threads', '?')} CPU threads), median",
          f"{sorted(secs)[len(secs) // 2]:.1f} s", "<= 60 s end to end", "see benchmarks/"],
     ]
     lines = [
@@ -71,7 +71,7 @@ def write_card(config: dict) -> Path:
         f"({', '.join(config['synthesis']['held_out_maps'])}) never used in training, seeds "
         f"{config['synthesis']['test']['seed']} / {config['synthesis']['test_normal']['seed']} never used in training. "
         "Dice and volumes on each scan's native grid, through the app's code path "
-        "(`bids_app.ich.predict.segment_ct`).",
+        "(the workflow's nodes, `bids_app.ich.interfaces.run_in_process`).",
         "",
         "| | |",
         "|---|---|",

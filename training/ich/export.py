@@ -2,7 +2,7 @@
 
 :func:`export` writes ``model.safetensors`` (float32 tensors), ``metadata.json`` (network, input, output,
 sha256, training summary) and the card. :func:`evaluate` loads a model folder exactly like the app
-(sha256 verified, :func:`bids_app.models.load_model`) and runs :func:`bids_app.ich.predict.segment_ct` on
+(sha256 verified) and runs the app's own nodes (:func:`bids_app.ich.interfaces.run_in_process`) on
 every native test CT (and the real normal head CT ``sub-ct01`` when ``../shared/data`` is there); Dice
 and volumes are on each scan's native grid against its synthetic dseg -> ``evaluation.json`` in the
 model folder (read by the card).
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -68,41 +67,48 @@ def export(config: dict) -> Path:
     return folder
 
 
-def _scan_row(bundle, path: Path, label: Path | None, classes: dict) -> dict:
-    from bids_app.ich import predict, preprocess
+def _scan_row(model_dir: Path, path: Path, label: Path | None, classes: dict, threads: int) -> dict:
+    """One CT through the app's nodes (:func:`bids_app.ich.interfaces.run_in_process`): the app's own
+    volumes, and Dice against ``label`` on the native grid."""
+    import tempfile
 
-    img = nib.load(str(path))
-    start = time.perf_counter()
-    data = np.asarray(img.dataobj, np.float32)
-    kind = preprocess.check_hu(data, path.name)
-    t_load = time.perf_counter() - start
-    out = predict.segment_ct(bundle.network, bundle.metadata, data, img.affine, kind)
-    voxel_ml = float(abs(np.linalg.det(img.affine[:3, :3]))) / 1000.0
-    row = {"image": path.name, "pred_ml": float(out["mask"].sum() * voxel_ml),
-           "seconds": {"load_check": round(t_load, 2), **{k: round(v, 2) for k, v in out["seconds"].items()}}}
-    if label is not None:
-        truth = np.asarray(nib.load(str(label)).dataobj).astype(np.uint8)
-        inter = float((out["mask"] & (truth > 0)).sum())
-        denom = float(out["mask"].sum() + (truth > 0).sum())
-        row.update({"true_ml": float((truth > 0).sum() * voxel_ml), "dice": 2 * inter / denom if denom else 1.0,
-                    "overlap_ml": inter * voxel_ml})
-        row["true_types_ml"] = {classes[str(k)]: float((truth == k).sum() * voxel_ml) for k in range(1, len(classes))}
-        row["pred_types_ml"] = {classes[str(k)]: float((out["types"] == k).sum() * voxel_ml) for k in range(1, len(classes))}
+    from bids_app.ich.interfaces import run_in_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        outputs, seconds = run_in_process(path, model_dir, Path(tmp), threads)
+        mask = np.asarray(nib.load(outputs["binarise"].mask_file).dataobj) > 0
+        summary = outputs["measure"].summary
+        row = {"image": path.name, "pred_ml": float(summary["total_volume_ml"]),
+               "seconds": {k: round(v, 2) for k, v in seconds.items()}}
+        if label is not None:
+            img = nib.load(str(label))
+            truth = np.asarray(img.dataobj).astype(np.uint8)
+            voxel_ml = float(abs(np.linalg.det(img.affine[:3, :3]))) / 1000.0
+            inter = float((mask & (truth > 0)).sum())
+            denom = float(mask.sum() + (truth > 0).sum())
+            row.update({"true_ml": float((truth > 0).sum() * voxel_ml), "dice": 2 * inter / denom if denom else 1.0,
+                        "overlap_ml": inter * voxel_ml})
+            row["true_types_ml"] = {classes[str(k)]: float((truth == k).sum() * voxel_ml) for k in range(1, len(classes))}
+            row["pred_types_ml"] = {classes[str(k)]: float(summary[f"{classes[str(k)]}_volume_ml"])
+                                    for k in range(1, len(classes))}
     return row
 
 
 def evaluate(config: dict, exported: bool = True) -> dict:
     """Acceptance figures of the model in ``export_dir`` (see the module docstring)."""
-    from bids_app.models import load_model
+    import torch
+
+    from bids_app.models import verify_model
     from training.ich.learn import summarise
 
     folder = _path(config["export_dir"])
-    bundle = load_model(folder)
-    classes = bundle.metadata["output"]["classes"]
-    result: dict = {"model_sha256": bundle.sha256}
+    metadata = verify_model(folder, "ich")
+    classes = metadata["output"]["classes"]
+    threads = torch.get_num_threads()
+    result: dict = {"model_sha256": metadata["sha256"], "threads": threads}
     for name in ("test", "test_normal"):
         root = _path(config["synthesis"][name]["out"])
-        rows = [_scan_row(bundle, p, label_path(root, p), classes) for p in find_images(root)]
+        rows = [_scan_row(folder, p, label_path(root, p), classes, threads) for p in find_images(root)]
         LOG.info("%s: %d scans", name, len(rows))
         result[name] = rows
     result["summary"] = summarise(result["test"], result["test_normal"])
@@ -116,7 +122,7 @@ def evaluate(config: dict, exported: bool = True) -> dict:
                              "median_pred_ml": float(np.median([r["pred_types_ml"][kind] for r in scans]))}
     result["by_type"] = by_type
     if REAL_NORMAL_CT.is_file():
-        result["sub-ct01"] = _scan_row(bundle, REAL_NORMAL_CT, None, classes)
+        result["sub-ct01"] = _scan_row(folder, REAL_NORMAL_CT, None, classes, threads)
     (folder / "evaluation.json").write_text(json.dumps(result, indent=1) + "\n")
     LOG.info("summary %s", result["summary"])
     return result
