@@ -86,7 +86,7 @@ def write_card(config: dict) -> Path:
         f"mask at >= {meta['output']['threshold']} |",
         f"| training | init `{meta['training'].get('init')}`, {meta['training'].get('labelled_scans')} pixel-labelled "
         f"synthetic scans, {meta['training'].get('iterations')} iterations, {meta['training'].get('seconds', 0) / 60:.0f} "
-        f"min on 2 CPU cores; `python -m training {meta['training']['config']}` |",
+        f"min on CPU; `python -m training {meta['training']['config']}` |",
         "",
         "## Label efficiency (the paper's comparison, on synthetic CT)",
         "",
