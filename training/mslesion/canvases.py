@@ -66,6 +66,9 @@ def real_canvas(path: Path, tpl: dict, cache: Path, labels: list[Path] | None = 
         tsi = to_template_space(
             flair, tpl_img, sitk.ReadImage(str(templates.get_template_file("mask", desc="brain"))), threads=2)
         np.save(f, tsi.data)
+        # The transform too, so that a map on the template grid can be scored on the native grid
+        # later without registering again (cross-validation scores every case many times).
+        sitk.WriteTransform(tsi.transform, str(cache / f"{stem}.tfm"))
         if t1_path:
             np.save(ft, companion_to_template(
                 sitk.ReadImage(str(t1_path)), flair, tsi.transform, tpl_img,

@@ -73,11 +73,13 @@ def run(config: dict) -> None:
     masks = lesion_masks_in_template(Path(config["lesion_masks"]), tpl)
     data = Path(config["bids_dir"])
     t1w = bool(config.get("t1w"))
-    canvases = [real_canvas(data / c, tpl, run_dir / "cache", t1w=t1w,
+    # A shared cache lets the folds of a cross-validation register each real scan once.
+    cache = ROOT / config["cache_dir"] if config.get("cache_dir") else run_dir / "cache"
+    canvases = [real_canvas(data / c, tpl, cache, t1w=t1w,
                             ignore_percentile=config.get("unlabelled_ignore_percentile"))
                 for c in config["real_canvases"]]
     for image, labels in config.get("labelled_canvases", {}).items():
-        canvases.append(real_canvas(data / image, tpl, run_dir / "cache", [data / lab for lab in labels], t1w=t1w))
+        canvases.append(real_canvas(data / image, tpl, cache, [data / lab for lab in labels], t1w=t1w))
     LOGGER.info("%d lesion masks, %d real canvases (%d labelled)", len(masks), len(canvases),
                 len(config.get("labelled_canvases", {})))
     prior = config["prior"]

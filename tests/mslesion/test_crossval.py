@@ -1,0 +1,128 @@
+"""The patient-level cross-validation protocol of the lesion model, on small synthetic data."""
+
+import json
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from training.mslesion.crossval import (
+    case_means, choose_thresholds, fold_config, held_out_rows, labelled_cases, markdown, score_map,
+    small_lesion_recall, summary)
+
+
+def _nii(path, data, zooms=(1.0, 1.0, 1.0)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data.astype(np.float32), np.diag([*zooms, 1.0])), str(path))
+
+
+def _bids(tmp_path):
+    d = tmp_path / "bids"
+    (d).mkdir()
+    (d / "participants.tsv").write_text("participant_id\tsource\nsub-a\tSiteA\nsub-b\tSiteB\nsub-c\tSiteB\n")
+    z = np.zeros((8, 8, 8))
+    for s in ("a", "b", "c"):
+        _nii(d / f"sub-{s}/anat/sub-{s}_FLAIR.nii.gz", z)
+    lab = d / "derivatives/labels"
+    _nii(lab / "sub-a/anat/sub-a_FLAIR_label-lesion_desc-rater1_seg.nii.gz", z)
+    _nii(lab / "sub-a/anat/sub-a_FLAIR_label-lesion_desc-rater2_seg.nii.gz", z)
+    _nii(lab / "sub-b/anat/sub-b_FLAIR_label-lesion_seg.nii.gz", z)
+    _nii(lab / "sub-b/anat/sub-b_FLAIR_label-nWMH_seg.nii.gz", z)
+    _nii(lab / "sub-b/anat/sub-b_FLAIR_label-ventricles_seg.nii.gz", z)  # not a lesion label
+    return d  # sub-c has no lesion label: not a case
+
+
+def test_labelled_cases_finds_every_rater_and_the_nwmh_mask_and_skips_unlabelled(tmp_path):
+    cases = {c["subject"]: c for c in labelled_cases(_bids(tmp_path))}
+    assert sorted(cases) == ["a", "b"]
+    assert len(cases["a"]["labels"]) == 2 and cases["a"]["nwmh"] is None and cases["a"]["site"] == "SiteA"
+    assert len(cases["b"]["labels"]) == 1 and cases["b"]["nwmh"].endswith("label-nWMH_seg.nii.gz")
+
+
+def test_a_fold_trains_on_every_other_patient_and_never_its_own(tmp_path):
+    d = _bids(tmp_path)
+    cases = labelled_cases(d)
+    config = {"name": "cv", "run_dir": "runs/cv", "bids_dir": str(d), "seed": 7,
+              "folds": {"X": ["a"], "Y": ["b"]}}
+    fx = fold_config(config, "X", cases)
+    assert list(fx["labelled_canvases"]) == ["sub-b/anat/sub-b_FLAIR.nii.gz"]
+    assert fx["run_dir"] == "runs/cv/fold-X" and "folds" not in fx
+    fy = fold_config(config, "Y", cases)
+    assert list(fy["labelled_canvases"]) == ["sub-a/anat/sub-a_FLAIR.nii.gz"]
+    assert len(fy["labelled_canvases"]["sub-a/anat/sub-a_FLAIR.nii.gz"]) == 2  # both raters
+    with pytest.raises(SystemExit, match="in no fold"):
+        fold_config({**config, "folds": {"X": ["a"]}}, "X", cases)
+    with pytest.raises(SystemExit, match="exactly one fold"):
+        fold_config({**config, "folds": {"X": ["a", "b"], "Y": ["b"]}}, "X", cases)
+
+
+def test_small_lesion_recall_counts_only_lesions_of_3_to_50_mm3():
+    truth = np.zeros((30, 30, 30), bool)
+    truth[2:4, 2:4, 2:4] = True        # 8 mm^3: small, found
+    truth[10:12, 10:12, 10:13] = True  # 12 mm^3: small, missed
+    truth[20:26, 20:26, 20:26] = True  # 216 mm^3: large, not counted
+    pred = np.zeros_like(truth)
+    pred[3, 3, 3] = True
+    assert small_lesion_recall(pred, truth, (1, 1, 1)) == 0.5
+    # at 2 mm voxels the 8-voxel lesion is 64 mm^3 (too large); only the 12-voxel one, 96 mm^3, neither
+    assert math.isnan(small_lesion_recall(pred, truth, (2, 2, 2)))
+    assert math.isnan(small_lesion_recall(pred, np.zeros_like(truth), (1, 1, 1)))
+
+
+def test_score_map_scores_on_the_native_grid_and_the_nwmh_fraction(tmp_path):
+    # A 20^3 "template" and a native FLAIR with the same grid: identity transform.
+    grid = np.zeros((20, 20, 20), np.float32)
+    flair = tmp_path / "f.nii.gz"
+    _nii(flair, grid)
+    truth = np.zeros_like(grid); truth[5:9, 5:9, 5:9] = 1
+    nwmh = np.zeros_like(grid); nwmh[12:16, 12:16, 12:16] = 1
+    _nii(tmp_path / "l.nii.gz", truth); _nii(tmp_path / "n.nii.gz", nwmh)
+    case = {"subject": "x", "site": "S", "flair": str(flair), "labels": [str(tmp_path / "l.nii.gz")],
+            "nwmh": str(tmp_path / "n.nii.gz")}
+    prob = 0.45 * truth + 0.7 * (nwmh * (np.indices(grid.shape)[0] < 14))  # half the nWMH at 0.7
+    tpl_img = sitk.ReadImage(str(flair))
+    rows = score_map(prob, case, sitk.Transform(3, sitk.sitkIdentity), tpl_img, [0.4, 0.5], "m")
+    at = {r["threshold"]: r for r in rows}
+    assert at[0.4]["dice"] == pytest.approx(2 * 64 / (64 + 64 + 32))
+    assert at[0.4]["recall"] == 1.0 and at[0.5]["recall"] == 0.0 and at[0.5]["dice"] == 0.0
+    assert at[0.4]["nwmh_fraction"] == at[0.5]["nwmh_fraction"] == 0.5
+    assert at[0.4]["volume_error_percent"] == pytest.approx(50.0)
+
+
+def _row(subject, fold, t, dice, site="MS3SEG-raw"):
+    return {"subject": subject, "site": site, "model": "cv ensemble", "threshold": t, "fold": fold,
+            "seen_in_training": "none", "reference": "r", "dice": dice, "lesion_f1": dice, "precision": 1.0,
+            "recall": 1.0, "small_recall": math.nan, "volume_error_percent": 10.0, "pred_ml": 1.0,
+            "truth_ml": 1.0, "nwmh_fraction": math.nan}
+
+
+def test_each_fold_threshold_is_chosen_on_the_other_folds_only():
+    rows = [_row("a", "X", 0.3, 0.9), _row("a", "X", 0.5, 0.1),   # X alone would choose 0.3
+            _row("b", "Y", 0.3, 0.2), _row("b", "Y", 0.5, 0.6)]   # Y alone would choose 0.5
+    assert choose_thresholds(rows, "cv ensemble") == {"X": 0.5, "Y": 0.3}
+    held = {r["subject"]: r["dice"] for r in held_out_rows(rows, "cv ensemble")}
+    assert held == {"a": 0.1, "b": 0.2}
+
+
+def test_case_means_average_raters_and_the_summary_table_lists_every_arm():
+    rows = [_row("a", "X", 0.5, 0.4), {**_row("a", "X", 0.5, 0.6), "reference": "r2"},
+            _row("b", "Y", 0.5, 0.8, site="Lesjak")]
+    cm = case_means(rows)
+    assert {r["subject"]: r["dice"] for r in cm} == {"a": 0.5, "b": 0.8}
+    base = [{**r, "model": "threshold", "image": r["subject"], "flair_iqr": 1.0, "template_wm": 0.5}
+            for r in rows]
+    arms = summary(rows + base, "cv")
+    assert list(arms) == ["baseline (FLAIR threshold, LOPO)", "cv ensemble (cross-validated)"]
+    text = markdown(arms)
+    assert "| cv ensemble (cross-validated) | 2 | 0.800 | 0.500 | 0.650 |" in text
+    json.dumps(arms)  # JSON-ready (NaN allowed by json)
+
+
+def test_an_arm_without_labels_is_one_model_for_every_fold(tmp_path):
+    d = _bids(tmp_path)
+    config = {"name": "s", "run_dir": "runs/s", "bids_dir": str(d), "seed": 7, "labels": False,
+              "folds": {"X": ["a"], "Y": ["b"]}}
+    fx, fy = (fold_config(config, f, labelled_cases(d)) for f in ("X", "Y"))
+    assert fx == fy and fx["labelled_canvases"] == {} and fx["run_dir"] == "runs/s/all"

@@ -1,0 +1,395 @@
+"""Patient-level cross-validation of the lesion model over every labelled dev patient.
+
+The protocol of issue 13: every FLAIR under ``bids_dir`` with a manual lesion mask in
+``derivatives/labels`` is one patient (:func:`labelled_cases`); the config's ``folds`` put each patient
+in exactly one fold; the model of fold ``F`` is trained on the labelled scans of all other folds
+(plus the unlabelled canvases and synthesis of the base recipe) and scored only on the patients of
+``F``, which it never saw (neither image nor labels). The same rows are written for
+
+- the FLAIR-threshold baseline (:mod:`training.mslesion.baseline`), its two thresholds chosen
+  leave-one-patient-out (on all other patients, :func:`~training.mslesion.baseline.cross_validated_baseline`);
+- the shipped model (``models/mslesion``), marked with what of each patient it saw.
+
+Every map is scored on the native FLAIR grid (:func:`score_map`): Dice, lesion-wise F1, recall of
+small lesions (3-50 mm^3), volume error and, where a ``label-nWMH`` mask exists, the fraction of the
+non-MS hyperintensity voxels labelled lesion. The fold model's probability threshold is chosen per
+fold on the *other* folds' held-out patients (:func:`choose_thresholds`), never on its own.
+
+    python -m training.mslesion.crossval CONFIG --prepare           register every scan once (cache)
+    python -m training.mslesion.crossval CONFIG --train FOLD        train one fold (resumable)
+    python -m training.mslesion.crossval CONFIG --evaluate          score folds, baseline, shipped model
+    python -m training.mslesion.crossval CONFIG --table             the summary (markdown) from the rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from bids_app.imaging.grid import resample_to
+from bids_app.mslesion import measures
+from training.common.logs import setup_logging
+from training.common.paths import ROOT
+from training.mslesion import RESULTS
+
+LOGGER = logging.getLogger("training.mslesion")
+
+#: Lesions of this volume range (mm^3, on the manual mask's grid) are the "small" ones whose
+#: lesion-wise recall is reported apart: the 3 mm^3 floor is the app's minimum lesion size.
+SMALL_LESION_MM3 = (3.0, 50.0)
+
+
+def labelled_cases(d: Path) -> list[dict]:
+    """Every labelled FLAIR under the BIDS root ``d``, one dict per patient, sorted by subject.
+
+    Keys: ``subject`` (without ``sub-``), ``site`` (``participants.tsv`` column ``source``, else
+    ``"unknown"``), ``flair`` (path str), ``labels`` (the raters' lesion masks, ``label-lesion``
+    with or without ``desc-rater<N>``), ``nwmh`` (the ``label-nWMH`` mask of non-MS
+    hyperintensities, or ``None``).
+    """
+    sites = {}
+    tsv = d / "participants.tsv"
+    if tsv.is_file():
+        with tsv.open() as fh:
+            sites = {r["participant_id"].removeprefix("sub-"): r.get("source", "unknown")
+                     for r in csv.DictReader(fh, delimiter="\t")}
+    cases = []
+    for flair in sorted(d.glob("sub-*/**/anat/*_FLAIR.nii.gz")):
+        rel = flair.relative_to(d)
+        stem = flair.name.removesuffix(".nii.gz")
+        lab_dir = d / "derivatives" / "labels" / rel.parent
+        labels = sorted(lab_dir.glob(f"{stem}_label-lesion_*seg.nii.gz"))
+        if not labels:
+            continue
+        nwmh = lab_dir / f"{stem}_label-nWMH_seg.nii.gz"
+        subject = rel.parts[0].removeprefix("sub-")
+        cases.append({"subject": subject, "site": sites.get(subject, "unknown"), "flair": str(flair),
+                      "labels": [str(p) for p in labels], "nwmh": str(nwmh) if nwmh.is_file() else None})
+    return cases
+
+
+def fold_of(config: dict) -> dict[str, str]:
+    """``{subject: fold}`` from ``config["folds"]`` (``{fold: [subjects]}``); a subject in two folds is an error."""
+    out: dict[str, str] = {}
+    for fold, subjects in config["folds"].items():
+        for s in subjects:
+            if s in out:
+                raise SystemExit(f"{s} is in folds {out[s]} and {fold}: each patient must be in exactly one fold.")
+            out[s] = fold
+    return out
+
+
+def fold_config(config: dict, fold: str, cases: list[dict]) -> dict:
+    """The training config of one fold: the base recipe with every labelled patient *not* in
+    ``fold`` as a labelled canvas, its own ``run_dir`` and the shared ``cache_dir``."""
+    folds = fold_of(config)
+    missing = [c["subject"] for c in cases if c["subject"] not in folds]
+    if missing:
+        raise SystemExit(f"labelled patients {missing} are in no fold of {config['name']}: add them to 'folds'.")
+    if fold not in config["folds"]:
+        raise SystemExit(f"fold {fold!r} is not one of {sorted(config['folds'])}.")
+    d = Path(config["bids_dir"])
+    train = {str(Path(c["flair"]).relative_to(d)): [str(Path(p).relative_to(d)) for p in c["labels"]]
+             for c in cases if folds[c["subject"]] != fold}
+    out = {k: v for k, v in config.items() if k not in ("folds", "card")}
+    if not config.get("labels", True):
+        # An arm without manual labels ("synthesis only"): one model, which no fold's patient
+        # trained, serves every fold.
+        out.update(name=f"{config['name']}_all", run_dir=f"{config['run_dir']}/all", labelled_canvases={})
+        return out
+    out.update(name=f"{config['name']}_fold-{fold}", run_dir=f"{config['run_dir']}/fold-{fold}",
+               labelled_canvases=train, seed=config["seed"] + ord(fold[0]))
+    return out
+
+
+def registered(case: dict, config: dict, tpl: dict) -> tuple[np.ndarray, sitk.Transform]:
+    """The case's FLAIR on the template grid and its transform, from the shared cache (registered
+    and cached by :func:`training.mslesion.canvases.real_canvas` on first use)."""
+    from training.mslesion.canvases import real_canvas
+
+    cache = ROOT / config["cache_dir"]
+    stem = Path(case["flair"]).name.removesuffix(".nii.gz")
+    tfm = cache / f"{stem}.tfm"
+    if not tfm.is_file():
+        for f in cache.glob(f"{stem}*.npy"):  # cached before transforms were kept: register again
+            f.unlink()
+    canvas = real_canvas(Path(case["flair"]), tpl, cache, [Path(p) for p in case["labels"]])
+    return canvas["image"], sitk.ReadTransform(str(tfm))
+
+
+def score_map(prob: np.ndarray, case: dict, transform: sitk.Transform, tpl_img: sitk.Image,
+              thresholds: list[float], model: str) -> list[dict]:
+    """Rows scoring a template-grid map ``prob`` ``(X, Y, Z)`` in [0, 1] on the native FLAIR grid.
+
+    The map is resampled once (linear, the inverse of the case's template transform), then for
+    every threshold and every rater one row: ``dice, lesion_f1, precision, recall`` (lesions of at
+    least the app's 3 mm^3, 26-connected, :func:`bids_app.mslesion.measures.segmentation_metrics`),
+    ``small_recall`` (fraction of manual lesions of :data:`SMALL_LESION_MM3` touched by the
+    prediction; NaN without any), ``volume_error_percent`` (``100 (V_pred - V_manual) / V_manual``),
+    ``nwmh_fraction`` (voxels of the non-MS hyperintensity mask labelled lesion / its voxels;
+    NaN without one).
+    """
+    flair = sitk.ReadImage(case["flair"])
+    img = sitk.GetImageFromArray(np.transpose(prob.astype(np.float32), (2, 1, 0)))
+    img.CopyInformation(tpl_img)
+    native = np.transpose(sitk.GetArrayFromImage(resample_to(img, flair, transform.GetInverse(), "linear")), (2, 1, 0))
+    zooms = flair.GetSpacing()
+    nwmh = np.asarray(nib.load(case["nwmh"]).dataobj) > 0 if case.get("nwmh") else None
+    truths = [(Path(p).name, np.asarray(nib.load(p).dataobj) > 0) for p in case["labels"]]
+    rows = []
+    for t in thresholds:
+        pred = native >= t
+        for name, truth in truths:
+            m = measures.segmentation_metrics(pred, truth, zooms)
+            rows.append({
+                "subject": case["subject"], "site": case["site"], "reference": name, "model": model,
+                "threshold": t, "dice": round(m["dice"], 4), "lesion_f1": round(m["lesion_f1"], 4),
+                "precision": round(m["lesion_precision"], 4), "recall": round(m["lesion_recall"], 4),
+                "small_recall": _round(small_lesion_recall(pred, truth, zooms)),
+                "volume_error_percent": _round(m["volume_error_percent"], 1),
+                "pred_ml": round(m["pred_volume_ml"], 3), "truth_ml": round(m["truth_volume_ml"], 3),
+                "nwmh_fraction": _round(float((pred & nwmh).sum() / max(nwmh.sum(), 1))) if nwmh is not None
+                else math.nan})
+    return rows
+
+
+def _round(x: float, n: int = 4) -> float:
+    return x if math.isnan(x) else round(float(x), n)
+
+
+def small_lesion_recall(pred: np.ndarray, truth: np.ndarray, zooms, volume_mm3=SMALL_LESION_MM3) -> float:
+    """Fraction of the manual lesions (26-connected components of ``truth``) whose volume lies in
+    ``volume_mm3`` (inclusive, mm^3) that share at least one voxel with ``pred``; NaN when there is none."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(truth, np.ones((3, 3, 3)))
+    if n == 0:
+        return math.nan
+    vol = np.bincount(lab.ravel(), minlength=n + 1)[1:] * measures.voxel_volume_mm3(zooms)
+    small = np.flatnonzero((vol >= volume_mm3[0]) & (vol <= volume_mm3[1])) + 1
+    if small.size == 0:
+        return math.nan
+    hit = np.unique(lab[pred & (lab > 0)])
+    return float(np.isin(small, hit).mean())
+
+
+def case_means(rows: list[dict]) -> list[dict]:
+    """One row per (model, threshold, subject): numeric columns averaged over the raters (NaN-aware)."""
+    keys = ("dice", "lesion_f1", "precision", "recall", "small_recall", "volume_error_percent", "pred_ml",
+            "truth_ml", "nwmh_fraction")
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["threshold"], r["subject"]), []).append(r)
+    out = []
+    for (model, t, subject), rs in groups.items():
+        row = {k: rs[0][k] for k in ("subject", "site", "model", "threshold") if k in rs[0]}
+        row.update({k: _nanmean([r[k] for r in rs]) for k in keys})
+        for k in ("seen_in_training", "fold"):
+            if k in rs[0]:
+                row[k] = rs[0][k]
+        out.append(row)
+    return out
+
+
+def _nanmean(xs) -> float:
+    v = [x for x in xs if x is not None and not math.isnan(x)]
+    return float(np.mean(v)) if v else math.nan
+
+
+def choose_thresholds(case_rows: list[dict], model: str) -> dict[str, float]:
+    """For each fold, the threshold of ``model`` with the best mean Dice over the held-out patients
+    of all *other* folds (each scored by its own fold's model): the fold's patients never choose it."""
+    rows = [r for r in case_rows if r["model"] == model]
+    folds = sorted({r["fold"] for r in rows})
+    thresholds = sorted({r["threshold"] for r in rows})
+    out = {}
+    for f in folds:
+        def score(t):
+            return _nanmean([r["dice"] for r in rows if r["fold"] != f and r["threshold"] == t])
+        out[f] = max(thresholds, key=score)
+    return out
+
+
+def held_out_rows(case_rows: list[dict], model: str) -> list[dict]:
+    """The cross-validated result of a fold model: each patient at its fold's :func:`choose_thresholds`."""
+    chosen = choose_thresholds(case_rows, model)
+    return [r for r in case_rows if r["model"] == model and r["threshold"] == chosen[r["fold"]]]
+
+
+def prepare(config: dict) -> None:
+    """Register every labelled patient and unlabelled canvas once into the shared cache."""
+    from training.mslesion.canvases import real_canvas
+    from training.mslesion.template import load_template
+
+    tpl = load_template()
+    d = Path(config["bids_dir"])
+    for case in labelled_cases(d):
+        t0 = time.perf_counter()
+        registered(case, config, tpl)
+        LOGGER.info("%s in the cache (%.0f s)", case["subject"], time.perf_counter() - t0)
+    for rel in config["real_canvases"]:
+        real_canvas(d / rel, tpl, ROOT / config["cache_dir"])
+
+
+def evaluate(config: dict, folds: list[str] | None = None) -> dict:
+    """Rows of every trained fold (generic and ensemble) on its held-out patients, of the baseline
+    grid on every patient and of the shipped model on every patient (``seen_in_training`` says what
+    of the patient it saw). Writes ``RESULTS/<name>_<date>.json``."""
+    import torch
+
+    from bids_app.imaging import templates
+    from bids_app.mslesion.predict import input_channel, load_ensemble, predict_ensemble, predict_generic, search_region
+    from training.mslesion.baseline import BASELINE_GRID, baseline_name, intensity_baseline
+    from training.mslesion.channels import input_channels
+    from training.mslesion.evaluate import load_nets
+    from training.mslesion.template import load_template
+
+    torch.set_num_threads(config.get("threads", 2))
+    tpl = load_template()
+    tpl_img = sitk.ReadImage(str(templates.get_template_file("T1w")))
+    d = Path(config["bids_dir"])
+    cases = labelled_cases(d)
+    assignment = fold_of(config)
+    thresholds = config["thresholds"]
+    region = search_region(tpl["wm"], dilation_mm=config["search_dilation_mm"])
+    rows: list[dict] = []
+    trained, loaded = {}, {}
+    for f in folds or sorted(config["folds"]):
+        fc = fold_config(config, f, cases)
+        if (ROOT / fc["run_dir"] / "generic.pt").is_file():
+            if fc["run_dir"] not in loaded:  # one model may serve every fold (an arm without labels)
+                loaded[fc["run_dir"]] = load_nets(fc)
+            trained[f] = (fc, loaded[fc["run_dir"]])
+        else:
+            LOGGER.warning("fold %s has no trained generic net in %s: left out", f, fc["run_dir"])
+    shipped = load_ensemble(ROOT / config["shipped_model"]) if config.get("shipped_model") else None
+    shipped_seen: dict[str, str] = {}
+    if shipped:  # what of each patient the shipped model saw, from the config it was trained with
+        sc = json.loads((ROOT / shipped[0]["training"]["config"]).read_text())
+        shipped_seen.update({Path(p).parts[0].removeprefix("sub-"): "image" for p in sc.get("real_canvases", [])})
+        shipped_seen.update({Path(p).parts[0].removeprefix("sub-"): "image+labels"
+                             for p in sc.get("labelled_canvases", {})})
+    for case in cases:
+        image, transform = registered(case, config, tpl)
+        f = assignment[case["subject"]]
+        if f in trained:
+            fc, (_, generic, nets, boxes) = trained[f]
+            x = np.stack([input_channel(n, image, tpl["wm"], None) for n in input_channels(fc)])
+            maps = {"generic": predict_generic(generic, x, tpl["brain"])}
+            if len(nets) == len(boxes):
+                maps["ensemble"] = predict_ensemble(nets, boxes, x, tpl["brain"])
+            for member, prob in maps.items():
+                rows += [{**r, "fold": f, "seen_in_training": "none"}
+                         for r in score_map(prob * region, case, transform, tpl_img, thresholds,
+                                            f"{config['name']} {member}")]
+        for t in BASELINE_GRID["flair_iqr"]:
+            for w in BASELINE_GRID["template_wm"]:
+                mask = intensity_baseline(image, tpl["wm"], t, w)
+                rows += [{**r, "image": case["subject"], "flair_iqr": t, "template_wm": w}
+                         for r in score_map(mask, case, transform, tpl_img, [0.5], baseline_name(t, w))]
+        if shipped:
+            meta, generic, nets, boxes = shipped
+            x = np.stack([input_channel(n, image, tpl["wm"], None) for n in meta["input"]["channels"]])
+            r_ = meta["output"]["search_region"]
+            prob = predict_ensemble(nets, boxes, x, tpl["brain"]) * search_region(
+                tpl["wm"], r_["template_wm_threshold"], r_["dilation_mm"])
+            rows += [{**r, "seen_in_training": shipped_seen.get(case["subject"], "none")}
+                     for r in score_map(prob, case, transform, tpl_img, [meta["output"]["threshold"]],
+                                        f"shipped {meta['version']}")]
+        LOGGER.info("%s scored (fold %s)", case["subject"], f)
+    out = {"config": config["name"], "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    path = RESULTS / f"{config['name']}_{out['date']}.json"
+    path.write_text(json.dumps(out, indent=0) + "\n")
+    LOGGER.info("wrote %s", path)
+    return out
+
+
+def summary(rows: list[dict], name: str) -> dict[str, list[dict]]:
+    """Per-patient rows of each arm: the fold models at their chosen thresholds, the baseline at its
+    leave-one-patient-out grid point, the shipped model."""
+    from training.mslesion.baseline import cross_validated_baseline
+
+    base = [r for r in rows if "flair_iqr" in r]
+    chosen = cross_validated_baseline(base)
+    arms = {"baseline (FLAIR threshold, LOPO)": case_means(
+        [{**r, "model": "baseline", "threshold": 0.5} for r in chosen])}
+    cm = case_means([r for r in rows if "fold" in r])
+    for member in ("ensemble", "generic"):
+        model = f"{name} {member}"
+        if any(r["model"] == model for r in cm):
+            arms[f"{model} (cross-validated)"] = held_out_rows(cm, model)
+    arms.update({m: case_means([r for r in rows if r["model"] == m])
+                 for m in sorted({r["model"] for r in rows if r["model"].startswith("shipped")})})
+    return arms
+
+
+def markdown(arms: dict[str, list[dict]]) -> str:
+    """Per-arm means by site group and per patient."""
+    lines = ["| arm | patients | Dice 1 mm | Dice 1.5T MS3SEG | Dice all | lesion F1 all | small-lesion recall | "
+             "nWMH labelled lesion | |volume error| % |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for arm, rs in arms.items():
+        rs = [r for r in rs if r.get("seen_in_training", "none") == "none"]
+        one_mm = [r["dice"] for r in rs if r["site"] in ("Lesjak", "MSLesSeg")]
+        ms3 = [r["dice"] for r in rs if r["site"].startswith("MS3SEG")]
+        nw = ", ".join(f"{r['nwmh_fraction']:.2f}" for r in rs if not math.isnan(r["nwmh_fraction"]))
+        lines.append(f"| {arm} | {len(rs)} | {_fmt(one_mm)} | {_fmt(ms3)} | {_fmt([r['dice'] for r in rs])} | "
+                     f"{_fmt([r['lesion_f1'] for r in rs])} | {_fmt([r['small_recall'] for r in rs])} | {nw} | "
+                     f"{_fmt([abs(r['volume_error_percent']) for r in rs], 0)} |")
+    lines += ["", "| patient | site | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]
+    subjects = sorted({r["subject"] for rs in arms.values() for r in rs})
+    for s in subjects:
+        cells = []
+        for rs in arms.values():
+            r = next((r for r in rs if r["subject"] == s), None)
+            cells.append("" if r is None else f"{r['dice']:.2f} / {r['lesion_f1']:.2f}"
+                         + ("" if r.get("seen_in_training", "none") == "none" else " (seen)"))
+        site = next(r["site"] for rs in arms.values() for r in rs if r["subject"] == s)
+        lines.append(f"| {s} | {site} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\nCells: Dice / lesion-wise F1 on the native FLAIR grid (mean of raters).\n"
+
+
+def _fmt(xs, digits: int = 3) -> str:
+    v = _nanmean(xs)
+    return "n/a" if math.isnan(v) else f"{v:.{digits}f}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.mslesion.crossval")
+    ap.add_argument("config", type=Path)
+    ap.add_argument("--prepare", action="store_true")
+    ap.add_argument("--train", metavar="FOLD")
+    ap.add_argument("--evaluate", action="store_true")
+    ap.add_argument("--folds", nargs="+", help="with --evaluate: only these folds")
+    ap.add_argument("--table", type=Path, metavar="ROWS_JSON", help="print the summary of an --evaluate result")
+    args = ap.parse_args(argv)
+    setup_logging()
+    config = json.loads(args.config.read_text())
+    config.setdefault("name", args.config.stem)
+    if args.prepare:
+        prepare(config)
+    if args.train:
+        from training.mslesion.train import run
+
+        run(fold_config(config, args.train, labelled_cases(Path(config["bids_dir"]))))
+    if args.evaluate:
+        evaluate(config, args.folds)
+    if args.table:
+        rows = json.loads(args.table.read_text())["rows"]
+        text = markdown(summary(rows, config["name"]))
+        (args.table.with_suffix(".md")).write_text(text)
+        LOGGER.info("wrote %s\n%s", args.table.with_suffix(".md"), text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
