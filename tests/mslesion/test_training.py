@@ -313,3 +313,24 @@ def test_adapt_fine_tunes_the_shipped_model_on_a_dataset_without_labels(tmp_path
     assert any(moved)  # fine-tuned, not copied
     card = (models / "mslesion" / "README.md").read_text()
     assert "adapted without labels" in card and shipped["sha256"] in card and meta["sha256"] in card
+
+
+def test_lesion_centring_gives_a_small_lesion_as_many_patches_as_a_large_one():
+    tpl = _template()
+    label = np.zeros(tpl["brain"].shape, np.float32)
+    label[14:24, 14:24, 14:24] = 0.6  # 1000 voxels, soft: told apart from the small one in the target
+    label[29, 20, 20] = 1.0           # one voxel, 6 voxels beyond the large lesion
+    canvas = {"image": np.zeros(tpl["brain"].shape, np.float32), "label": label,
+              "ignore": np.zeros(tpl["brain"].shape, bool)}
+    hits = {}
+    for mode in ("voxel", "lesion"):
+        s = Sampler(tpl, [np.zeros_like(tpl["brain"])], [dict(canvas)], patch=8, real_fraction=1.0, seed=1,
+                    centre_on=mode)
+        n = 0
+        for _ in range(300):
+            (_, _), target, _ = s.sample()
+            # centred on the small lesion: it sits at the patch centre (4, 4, 4), the large one is out
+            n += bool(target[4, 4, 4] == 1.0 and not np.isclose(target, 0.6).any())
+        hits[mode] = n
+    assert hits["voxel"] <= 3          # 1 voxel in 1001: about 0.2 of 300 draws
+    assert hits["lesion"] >= 60        # 0.7 of the draws centre on a lesion, half of them on this one

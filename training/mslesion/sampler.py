@@ -35,12 +35,17 @@ class Sampler:
     sulci; ``deform`` (probability per synthetic patch, :meth:`_warp`) warps the patch against the
     prior channel. Both are off by default and then draw no random numbers, so older configs
     reproduce; neither helped the held-out ``sub-ms07`` (``training/mslesion/results/*_sulci_*``, ``*_warp_*``).
+
+    ``centre_on``: where a labelled patch is centred: on a manual-lesion voxel drawn uniformly
+    (``"voxel"``, the default: large lesions dominate) or on a voxel of a manual lesion drawn
+    uniformly among the lesions (``"lesion"``: small lesions get as many patches as large ones).
     """
 
     def __init__(self, tpl, lesion_masks, canvases, patch: int, real_fraction: float, seed: int,
                  contrast=(0.6, 4.0), lesion_wm: float = 0.0, labelled_weight: float = 1.0,
                  t1_fraction: float = 0.0, prior: bool = True, t1w: bool = False, t1w_dropout: float = 0.3,
-                 t1w_contrast=(0.0, 1.5), normal_hyper: float = 0.0, sulci: float = 0.0, deform: float = 0.0):
+                 t1w_contrast=(0.0, 1.5), normal_hyper: float = 0.0, sulci: float = 0.0, deform: float = 0.0,
+                 centre_on: str = "voxel"):
         self.tpl, self.masks, self.canvases = tpl, lesion_masks, canvases
         self.sulci, self.deform = float(sulci), float(deform)
         if self.sulci > 0:
@@ -53,9 +58,21 @@ class Sampler:
         self.t1w_contrast = tuple(t1w_contrast)
         self.t1_fraction = float(t1_fraction)
         self.labelled_weight = float(labelled_weight)
+        if centre_on not in ("voxel", "lesion"):
+            raise ValueError(f"centre_on must be 'voxel' or 'lesion', not {centre_on!r}")
+        self.centre_on = centre_on
         for c in canvases:
             if "label" in c and "label_idx" not in c:
                 c["label_idx"] = np.argwhere(c["label"] >= 0.5)
+            if "label" in c and centre_on == "lesion" and "lesion_idx" not in c:
+                # One index array per manual lesion (26-connected), so that a patch centres on a
+                # lesion drawn uniformly: by voxel, a 20 mL confluent lesion outweighs a hundred
+                # 10 mm^3 ones, and the small ones are what the model misses.
+                lab, n = ndimage.label(c["label"] >= 0.5, np.ones((3, 3, 3)))
+                order = np.argsort(lab[tuple(c["label_idx"].T)], kind="stable")
+                sorted_idx = c["label_idx"][order]
+                counts = np.bincount(lab[tuple(sorted_idx.T)], minlength=n + 1)[1:]
+                c["lesion_idx"] = np.split(sorted_idx, np.cumsum(counts)[:-1]) if n else []
         self.contrast, self.lesion_wm = tuple(contrast), float(lesion_wm)
         self.p, self.real_fraction = patch, real_fraction
         self.rng = np.random.default_rng(seed)
@@ -80,7 +97,10 @@ class Sampler:
             canvas = self._pick_canvas()
         if canvas is not None and "label" in canvas and rng.random() < 0.7:
             # A real lesion, centred: real lesion appearance is what synthesis cannot give.
-            c = self._centre(region, canvas["label_idx"])
+            idx = canvas["label_idx"]
+            if self.centre_on == "lesion" and canvas["lesion_idx"]:
+                idx = canvas["lesion_idx"][rng.integers(len(canvas["lesion_idx"]))]
+            c = self._centre(region, idx)
         else:
             c = self._centre(region, self.mask_idx[k])
             if flip:
