@@ -126,3 +126,34 @@ def test_an_arm_without_labels_is_one_model_for_every_fold(tmp_path):
               "folds": {"X": ["a"], "Y": ["b"]}}
     fx, fy = (fold_config(config, f, labelled_cases(d)) for f in ("X", "Y"))
     assert fx == fy and fx["labelled_canvases"] == {} and fx["run_dir"] == "runs/s/all"
+
+
+def test_the_card_puts_the_summary_first_and_states_each_target_from_the_rows(tmp_path):
+    from training.mslesion.cvcard import write_cv_card
+
+    rows = []
+    for subject, site, fold, dice, base in (("a", "Lesjak", "X", 0.7, 0.3), ("b", "MS3SEG-raw", "Y", 0.5, 0.6)):
+        arm = {**_row(subject, fold, 0.5, dice, site=site), "model": "cv ensemble",
+               "nwmh_fraction": 0.1 if subject == "b" else math.nan}
+        rows.append(arm)
+        rows.append({**arm, "model": "thr", "image": subject, "flair_iqr": 1.0, "template_wm": 0.5, "dice": base})
+    res = tmp_path / "cv.json"
+    res.write_text(json.dumps({"config": "cv", "rows": rows}))
+    export = tmp_path / "model"
+    export.mkdir()
+    (export / "metadata.json").write_text(json.dumps({
+        "name": "neuroseg-mslesion", "version": "9.9", "sha256": "ab" * 32, "ensemble": {"boxes": [[0, 1]] * 8},
+        "input": {"channels": ["FLAIR", "prior:WM probseg >= 0.5"]},
+        "output": {"threshold": 0.5, "min_lesion_mm3": 3.0}, "training": {"config": "c.json"}}))
+    config = {"export_dir": str(export), "channels": [16, 32], "grid": [2, 2, 2], "overlap": 0.3,
+              "search_dilation_mm": 3.0, "real_canvases": [], "labelled_canvases": {"sub-a/anat/sub-a_FLAIR.nii.gz": []},
+              "patch": 48, "batch": 4, "lr": 0.002, "generic_iterations": 1, "special_iterations": 1,
+              "lesion_contrast": [1.5, 4.0], "card": {"crossval": [str(res)]}}
+    text = write_cv_card(config, "cv ensemble (cross-validated)").read_text()
+    lines = text.splitlines()
+    assert lines[0].startswith("# neuroseg-mslesion 9.9") and lines[2].startswith("| ")  # the table comes first
+    assert "| Dice, patients never seen: 1 mm / 1.5T clinical / all | 0.700 / 0.500 / 0.600 |" in text
+    assert "| mean Dice >= 0.65 over the 1 mm brains | yes |" in text
+    assert "| mean Dice >= 0.6 over the ten 1.5T patients | no |" in text
+    assert "| every case above its FLAIR-threshold baseline | no |" in text and "or below their baseline: sub-b" in text
+    assert "| non-MS hyperintensities labelled lesion <= 15 % | yes |" in text

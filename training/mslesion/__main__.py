@@ -100,6 +100,11 @@ def main(argv=None, prog: str = "python -m training.mslesion") -> int:
         out = ROOT / config["run_dir"] / "metrics.json"
         out.write_text(json.dumps(rows, indent=1))
         return 0
+    if args.card and "crossval" in config.get("card", {}):  # a model measured by crossval.py
+        from training.mslesion.cvcard import write_cv_card
+
+        write_cv_card(config, config["card"]["final_arm"])
+        return 0
     if args.card:
         from training.mslesion.card import write_card
 

@@ -291,7 +291,7 @@ def evaluate(config: dict, folds: list[str] | None = None) -> dict:
                 rows += [{**r, "fold": f, "seen_in_training": "none"}
                          for r in score_map(prob * region, case, transform, tpl_img, thresholds,
                                             f"{config['name']} {member}")]
-        for t in BASELINE_GRID["flair_iqr"]:
+        for t in BASELINE_GRID["flair_iqr"] if config.get("baseline", True) else ():
             for w in BASELINE_GRID["template_wm"]:
                 mask = intensity_baseline(image, tpl["wm"], t, w)
                 rows += [{**r, "image": case["subject"], "flair_iqr": t, "template_wm": w}
