@@ -176,17 +176,26 @@ class _SegmentLesionsInputSpec(BaseInterfaceInputSpec):
                                       "used when the model has a T1w channel")
     model_dir = traits.Directory(exists=True, mandatory=True, desc="mslesion model folder")
     member = traits.Enum("ensemble", "generic", usedefault=True, desc="fused specialists or the generic net")
+    spread = traits.Bool(True, usedefault=True, desc="with member 'ensemble': also write the ensemble's spread "
+                                                     "(runs the generic net too)")
     device = traits.Enum("cpu", "cuda", usedefault=True, nohash=True, desc="torch device")
     num_threads = traits.Int(1, usedefault=True, nohash=True, desc="torch CPU threads")
 
 
 class _SegmentLesionsOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="lesion probability on the template grid, float32 in [0, 1]")
+    spread_file = File(desc="ensemble spread (weighted standard deviation of the members) on the template "
+                            "grid, float32 in [0, 0.5]; only with member 'ensemble' and spread")
     seconds = traits.Float(desc="wall time of the networks")
 
 
 class SegmentLesions(SimpleInterface):
-    """Run the lesion ensemble on the GPU or CPU (the only lesion node that imports torch)."""
+    """Run the lesion ensemble on the GPU or CPU (the only lesion node that imports torch).
+
+    With ``member="ensemble"`` and ``spread`` (the defaults) every net runs once and gives both the
+    probability (:func:`predict.lesion_probability`'s values) and the spread
+    (:func:`predict.predict_ensemble_with_spread`: specialists plus generic net).
+    """
 
     input_spec = _SegmentLesionsInputSpec
     output_spec = _SegmentLesionsOutputSpec
@@ -204,17 +213,27 @@ class SegmentLesions(SimpleInterface):
         img = nib.load(self.inputs.in_file)
         t0 = time.perf_counter()
         t1w = np.asarray(nib.load(self.inputs.t1w_file).dataobj, np.float32) if isdefined(self.inputs.t1w_file) else None
-        prob = predict.lesion_probability(model, np.asarray(img.dataobj, np.float32), tpl["wm"], tpl["brain"],
-                                               self.inputs.member, t1w=t1w)
+        image = np.asarray(img.dataobj, np.float32)
+        spread = None
+        if self.inputs.member == "ensemble" and self.inputs.spread:
+            prob, spread = predict.lesion_probability_with_spread(model, image, tpl["wm"], tpl["brain"], t1w=t1w)
+        else:
+            prob = predict.lesion_probability(model, image, tpl["wm"], tpl["brain"], self.inputs.member, t1w=t1w)
         self._results["seconds"] = round(time.perf_counter() - t0, 2)
+        LOGGER.info("%s: lesion networks %.1f s (%s%s)", Path(self.inputs.in_file).name, self._results["seconds"],
+                    self.inputs.member, " and spread" if spread is not None else "")
         self._results["out_file"] = _out(runtime.cwd, self.inputs.in_file, "probseg")
         _save_template(prob, img.affine, self._results["out_file"])
+        if spread is not None:
+            self._results["spread_file"] = _out(runtime.cwd, self.inputs.in_file, "spread")
+            _save_template(spread, img.affine, self._results["spread_file"])
         return runtime
 
 
 # ----------------------------------------------------------------------------------------------------
 class _FromTemplateInputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True, desc="map on the template grid")
+    in_file = File(exists=True, mandatory=True, desc="map on the template grid, values in [0, 1] (a probability, "
+                                                     "the ensemble spread)")
     transform_file = File(exists=True, mandatory=True, desc="template -> subject affine (ITK .tfm)")
     reference = File(exists=True, mandatory=True, desc="native image whose grid the output takes")
 
@@ -224,7 +243,8 @@ class _FromTemplateOutputSpec(TraitedSpec):
 
 
 class FromTemplate(SimpleInterface):
-    """Bring a template-grid probability map back to the FLAIR's native grid (linear interpolation)."""
+    """Bring a template-grid probability map (or the ensemble spread) back to the FLAIR's native grid
+    (linear interpolation: a convex combination, so values stay in the input's range)."""
 
     input_spec = _FromTemplateInputSpec
     output_spec = _FromTemplateOutputSpec

@@ -4,16 +4,30 @@ of sub-volume specialists (DeepLesionBrain-style hierarchical specialisation).
 Arrays are numpy ``(C, X, Y, Z)`` images / ``(X, Y, Z)`` maps on the 1 mm MNI152NLin2009aSym grid
 (RAS). Probabilities are in [0, 1]. This module imports torch; only the segmentation interface and
 training import it.
+
+Uncertainty (:func:`predict_ensemble_with_spread`): the spread of the ensemble's members at a voxel,
+their weighted standard deviation, written beside the lesion probability by the app.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 from monai.networks.nets import UNet
+
+LOGGER = logging.getLogger(__name__)
+
+#: Weight of the generic net in the ensemble's spread (:func:`predict_ensemble_with_spread`): the
+#: weight a specialist has at the centre of its box, the largest value of :func:`taper`. A specialist's
+#: taper falls towards its box faces, where it lacks context; the generic net has no such face inside
+#: the brain (Gaussian-blended sliding windows over the whole brain box), so it is weighted everywhere
+#: as a specialist is where it sees most.
+GENERIC_WEIGHT = 1.0
 
 
 def brain_bbox(brain: np.ndarray, margin: int = 4) -> tuple[slice, ...]:
@@ -75,16 +89,96 @@ def predict_generic(net, x: np.ndarray, brain: np.ndarray, roi=(96, 96, 96)) -> 
 
 def predict_ensemble(nets, boxes, x: np.ndarray, brain: np.ndarray) -> np.ndarray:
     """Fused probability map of the specialised nets, each run once on its whole sub-volume."""
-    acc = np.zeros(brain.shape, np.float32)
-    wsum = np.zeros(brain.shape, np.float32)
+    return _fuse(_specialist_maps(nets, boxes, x), boxes, brain.shape)
+
+
+def _specialist_maps(nets, boxes, x: np.ndarray) -> list[np.ndarray]:
+    """Each specialist's probability ``(bx, by, bz)`` float32 on its own box of ``x`` ``(C, X, Y, Z)``."""
+    maps = []
     for net, box in zip(nets, boxes):
         sub = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + box]))[None]
         with torch.no_grad():
-            p = torch.sigmoid(net(sub.to(_device(net))))[0, 0].cpu().numpy()
+            maps.append(torch.sigmoid(net(sub.to(_device(net))))[0, 0].cpu().numpy())
+    return maps
+
+
+def _fuse(maps, boxes, shape) -> np.ndarray:
+    """Taper-weighted mean ``(X, Y, Z)`` float32 of the specialists' maps, 0 where no box reaches."""
+    acc = np.zeros(shape, np.float32)
+    wsum = np.zeros(shape, np.float32)
+    for p, box in zip(maps, boxes):
         w = taper(p.shape)
         acc[box] += w * p
         wsum[box] += w
     return np.where(wsum > 0, acc / np.maximum(wsum, 1e-6), 0.0).astype(np.float32)
+
+
+def predict_ensemble_with_spread(nets, boxes, x: np.ndarray, brain: np.ndarray, generic,
+                                 roi=(96, 96, 96), generic_weight: float = GENERIC_WEIGHT
+                                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The fused map of :func:`predict_ensemble` and the ensemble's spread, each net run once.
+
+    ``nets``/``boxes``: the specialists and their sub-volumes (as :func:`predict_ensemble`);
+    ``generic``: the generic net, run as :func:`predict_generic` with windows ``roi``; ``x`` ``(C, X, Y, Z)``
+    the input channels and ``brain`` ``(X, Y, Z)`` the template brain mask, on the 1 mm template grid.
+    Returns ``(mean, spread)``, both ``(X, Y, Z)`` float32:
+
+    - ``mean`` is :func:`predict_ensemble`'s result, bit for bit (the same operations in the same
+      order): the lesion probability the app thresholds. The generic net does not enter it.
+    - ``spread`` is the weighted standard deviation of the members' probabilities at each voxel::
+
+          m = sum_i w_i p_i / sum_i w_i
+          spread = sqrt( sum_i w_i (p_i - m)^2 / sum_i w_i )
+
+      over the members at that voxel: every specialist whose box covers it, with its taper weight
+      ``w_i = taper(box shape)`` at the voxel (the weights of the fusion), plus the generic net
+      wherever its brain box (:func:`brain_bbox`) covers it, with weight ``generic_weight``
+      (:data:`GENERIC_WEIGHT`, 1: see there). ``m`` is the members' own weighted mean, generic
+      included, so ``spread`` is a true standard deviation of values in [0, 1] and lies in
+      [0, 0.5] (0.5 only when the weight is split evenly between members at 0 and at 1); about
+      ``mean`` instead it could reach 1 where a box-edge specialist (weight down to 0.05^3) disagrees
+      with the generic net. With the generic net every voxel of the brain box has at least two
+      members; a voxel with one member has spread 0, a voxel with none has 0 too.
+
+    Units: probability (unitless). Two members at ``p1, p2`` with weights ``w1, w2`` give
+    ``|p1 - p2| sqrt(w1 w2) / (w1 + w2)``: half their difference at equal weights.
+    """
+    t0 = time.perf_counter()
+    maps = _specialist_maps(nets, boxes, x)
+    t1 = time.perf_counter()
+    generic_map = predict_generic(generic, x, brain, roi)
+    t2 = time.perf_counter()
+    mean = _fuse(maps, boxes, brain.shape)
+    spread = _spread(maps, boxes, generic_map, brain_bbox(brain), generic_weight)
+    LOGGER.debug("ensemble: %d specialists %.1f s, generic net %.1f s, fusion and spread %.1f s",
+                 len(maps), t1 - t0, t2 - t1, time.perf_counter() - t2)
+    return mean, spread
+
+
+def _spread(maps, boxes, generic_map: np.ndarray, generic_box: tuple[slice, ...],
+            generic_weight: float) -> np.ndarray:
+    """Weighted standard deviation ``(X, Y, Z)`` float32 of the specialists' ``maps`` (on ``boxes``,
+    taper weights) and ``generic_map`` (on ``generic_box``, weight ``generic_weight``); 0 where no member
+    reaches, and where only one does. Formula: :func:`predict_ensemble_with_spread`."""
+    weights = [taper(p.shape) for p in maps]
+    wsum = np.zeros(generic_map.shape, np.float32)
+    acc = np.zeros(generic_map.shape, np.float32)
+    wsum[generic_box] += generic_weight
+    acc[generic_box] += generic_weight * generic_map[generic_box]
+    for p, w, box in zip(maps, weights, boxes):
+        wsum[box] += w
+        acc[box] += w * p
+    covered = wsum > 0
+    m = np.divide(acc, wsum, out=np.zeros_like(acc), where=covered)
+    # Two passes (deviations about m, member by member) rather than E[p^2] - m^2: the latter cancels
+    # where the members agree, float32 then gives noise of order 1e-4 instead of 0.
+    dev = np.zeros_like(acc)
+    dev[generic_box] += generic_weight * (generic_map[generic_box] - m[generic_box]) ** 2
+    for p, w, box in zip(maps, weights, boxes):
+        dev[box] += w * (p - m[box]) ** 2
+    spread = np.sqrt(np.divide(dev, wsum, out=dev, where=covered), out=dev)
+    # The bound 0.5 is exact in arithmetic; float32 rounding of an even 0/1 split may pass it by an ulp.
+    return np.minimum(spread, np.float32(0.5), out=spread)
 
 
 def architecture(in_channels: int, channels=(16, 32, 64, 128)) -> dict:
@@ -154,8 +248,30 @@ def lesion_probability(model, image: np.ndarray, wm: np.ndarray, brain: np.ndarr
         prob = predict_generic(generic, x, brain, tuple(metadata["input"].get("roi_size", (96, 96, 96))))
     else:
         raise ValueError(f"member {member!r} is not 'ensemble' or 'generic'.")
+    return prob * _search_region(metadata, wm)
+
+
+def lesion_probability_with_spread(model, image: np.ndarray, wm: np.ndarray, brain: np.ndarray,
+                                   t1w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(probability, spread)`` ``(X, Y, Z)`` on the template grid, from one run of every net.
+
+    ``probability`` is :func:`lesion_probability`'s ``member="ensemble"`` map (the same values);
+    ``spread`` the ensemble's weighted standard deviation (:func:`predict_ensemble_with_spread`: the
+    specialists plus the generic net), in [0, 0.5], multiplied by the same search region. Arguments
+    as :func:`lesion_probability`.
+    """
+    metadata, generic, specialists, boxes = model
+    x = np.stack([input_channel(name, image, wm, t1w) for name in metadata["input"]["channels"]])
+    prob, spread = predict_ensemble_with_spread(specialists, boxes, x, brain, generic,
+                                                tuple(metadata["input"].get("roi_size", (96, 96, 96))))
+    region = _search_region(metadata, wm)
+    return prob * region, spread * region
+
+
+def _search_region(metadata: dict, wm: np.ndarray) -> np.ndarray:
+    """:func:`search_region` with the model's parameters (``metadata['output']['search_region']``)."""
     region = metadata["output"]["search_region"]
-    return prob * search_region(wm, region["template_wm_threshold"], region["dilation_mm"])
+    return search_region(wm, region["template_wm_threshold"], region["dilation_mm"])
 
 
 def input_channel(name: str, image: np.ndarray, wm: np.ndarray, t1w: np.ndarray | None) -> np.ndarray:

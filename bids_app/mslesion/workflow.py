@@ -42,6 +42,8 @@ def init_mslesion_wf(
     the probability map comes back to the FLAIR's native grid, where it is thresholded and measured.
 
     Outputs under ``output_dir`` (native FLAIR grid): ``label-lesion`` ``probseg`` (0..1) and ``mask``,
+    the ensemble's spread ``desc-<suffix>uncertainty_probseg`` (0..0.5, the weighted standard deviation
+    of the ensemble's members: :func:`bids_app.mslesion.predict.predict_ensemble_with_spread`),
     a per-lesion table (``desc-<suffix>lesions_morph.tsv``), a one-row summary (``desc-<suffix>summary_morph.tsv``)
     and, when ``manual_files`` (manual lesion masks of this image) are given, a validation table
     (``desc-<suffix>validation_morph.tsv``: Dice, lesion-wise precision/recall/F1, volume error per label).
@@ -61,6 +63,7 @@ def init_mslesion_wf(
                       name="segment", n_procs=omp_nthreads)
     segment.use_gpu = device == "cuda"
     from_template = pe.Node(FromTemplate(reference=str(image.path)), name="from_template")
+    spread_from_template = pe.Node(FromTemplate(reference=str(image.path)), name="spread_from_template")
     binarise = pe.Node(BinariseLesions(model_dir=str(model_dir)), name="binarise")
     measure = pe.Node(MeasureLesions(), name="measure")
     if manual_files:
@@ -75,6 +78,9 @@ def init_mslesion_wf(
                   label=task.label, model=model, version=version, other_sources=[t1w.relpath] if t1w else [])
     ds_probseg = pe.Node(DerivativesSink(suffix="probseg", extra={"Description": PROBSEG_DESCRIPTION}, **common),
                          name="ds_probseg", run_without_submitting=True)
+    ds_uncertainty = pe.Node(DerivativesSink(suffix="probseg", desc_extra="uncertainty",
+                                             extra={"Description": UNCERTAINTY_DESCRIPTION}, **common),
+                             name="ds_uncertainty", run_without_submitting=True)
     ds_mask = pe.Node(DerivativesSink(suffix="mask", **common), name="ds_mask", run_without_submitting=True)
     ds_lesions = pe.Node(DerivativesSink(suffix="morph", desc_extra="lesions", **common), name="ds_lesions",
                          run_without_submitting=True)
@@ -86,10 +92,13 @@ def init_mslesion_wf(
         (to_template, segment, [("out_file", "in_file")]),
         (segment, from_template, [("out_file", "in_file")]),
         (to_template, from_template, [("transform_file", "transform_file")]),
+        (segment, spread_from_template, [("spread_file", "in_file")]),
+        (to_template, spread_from_template, [("transform_file", "transform_file")]),
         (from_template, binarise, [("out_file", "in_file")]),
         (binarise, measure, [("out_file", "mask_file"), ("min_lesion_mm3", "min_lesion_mm3")]),
         (to_template, measure, [("transform_file", "transform_file")]),
         (from_template, ds_probseg, [("out_file", "in_file")]),
+        (spread_from_template, ds_uncertainty, [("out_file", "in_file")]),
         (binarise, ds_mask, [("out_file", "in_file"),
                              (("threshold", _mask_extra), "extra")]),
         (measure, ds_lesions, [("lesions_tsv", "in_file"), (("summary", _columns_extra, "lesions"), "extra")]),
@@ -117,6 +126,17 @@ def init_mslesion_wf(
 
 PROBSEG_DESCRIPTION = ("White-matter lesion probability in [0, 1] on the source FLAIR grid, from the mslesion "
                        "ensemble run in MNI152NLin2009aSym space (affine registration) and resampled back (linear).")
+
+UNCERTAINTY_DESCRIPTION = (
+    "Uncertainty of the lesion probability: the spread of the mslesion ensemble's members, their weighted "
+    "standard deviation sqrt(sum_i w_i (p_i - m)^2 / sum_i w_i) with m = sum_i w_i p_i / sum_i w_i, computed "
+    "in MNI152NLin2009aSym space and resampled back to the source FLAIR grid (linear). The members at a voxel "
+    "are every sub-volume specialist whose box covers it, weighted by its cosine taper (the weights that fuse "
+    "the probability map), and the generic whole-brain network with weight 1 (a specialist's weight at the "
+    "centre of its box). 0 where the members agree; at most 0.5 (half the weight at probability 0, half at 1); "
+    "two equally weighted members give half their difference. Unitless (probability), 0 outside the same "
+    "white-matter search region as the probability map. A measure of the models' disagreement, not a "
+    "calibrated error bar.")
 
 
 def _mask_extra(threshold: float) -> dict:

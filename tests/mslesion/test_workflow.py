@@ -49,6 +49,23 @@ def test_outputs_on_the_native_flair_grid_with_sidecars(lesion_run):
     assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1} and not (m & (p < meta["Threshold"])).any()
 
 
+def test_the_ensemble_spread_is_written_beside_the_probability(lesion_run):
+    """``desc-FLAIRuncertainty_probseg``: the members' weighted standard deviation on the FLAIR grid,
+    in [0, 0.5], with the derivatives writer's sidecar (same Sources and model) and its meaning."""
+    bids, out = lesion_run
+    anat = out / "sub-01" / "anat"
+    source = nib.load(bids / "sub-01" / "anat" / "sub-01_FLAIR.nii.gz")
+    spread = nib.load(anat / "sub-01_label-lesion_desc-FLAIRuncertainty_probseg.nii.gz")
+    assert spread.shape == source.shape and np.allclose(spread.affine, source.affine, atol=1e-4)
+    u = np.asarray(spread.dataobj)
+    assert u.dtype == np.float32 and u.min() >= 0 and u.max() <= 0.5 and u.max() > 0
+    meta = json.loads((anat / "sub-01_label-lesion_desc-FLAIRuncertainty_probseg.json").read_text())
+    prob_meta = json.loads((anat / "sub-01_label-lesion_desc-FLAIR_probseg.json").read_text())
+    for key in ("Sources", "Model", "GeneratedBy", "SpatialReference", "SourceDigests"):
+        assert meta[key] == prob_meta[key]
+    assert "weighted standard deviation" in meta["Description"] and "generic" in meta["Description"]
+
+
 def test_the_known_lesions_are_found_and_measured(lesion_run):
     bids, out = lesion_run
     anat = out / "sub-01" / "anat"
