@@ -82,6 +82,18 @@ def run(config: dict) -> None:
         canvases.append(real_canvas(data / image, tpl, cache, [data / lab for lab in labels], t1w=t1w))
     LOGGER.info("%d lesion masks, %d real canvases (%d labelled)", len(masks), len(canvases),
                 len(config.get("labelled_canvases", {})))
+    if config.get("synthseg_canvases"):
+        # Real anatomies (the 39 SynthSeg label maps) rendered in random contrasts and resolutions,
+        # with real lesion shapes: the labelled scans' own lesions join the MNI masks, so that only
+        # the training folds' labels are ever drawn (a fold's config lists only those).
+        from training.mslesion.synthesis import settings, synthetic_canvases
+
+        real_lesions = [c["label"] >= 0.5 for c in canvases if "label" in c]
+        synth = synthetic_canvases(config, tpl, masks, ROOT / settings(config)["cache_dir"],
+                                   n=int(config["synthseg_canvases"]), seed=config["seed"],
+                                   extra_lesions=real_lesions)
+        LOGGER.info("%d synthetic canvases on real anatomies", len(synth))
+        canvases += synth
     prior = config["prior"]
     sampler = Sampler(tpl, masks, canvases, config["patch"], config["real_fraction"], config["seed"],
                       config.get("lesion_contrast", (0.6, 4.0)), config.get("lesion_wm", 0.0),
