@@ -1,4 +1,4 @@
-"""SynthSeg-style canvases on real anatomy (training/mslesion/synthesis.py), on a small synthetic head with
+"""SynthSeg-style canvases on real anatomy (training/mslesion/synthesis/), on a small synthetic head with
 known answers; the registration of a real label map needs ../shared/data and is slow-marked."""
 
 import numpy as np
@@ -198,7 +198,7 @@ def test_synthetic_canvases_are_cached_and_feed_the_sampler(tmp_path, monkeypatc
     def fail(*a, **k):
         raise AssertionError("rendered again instead of reading the cache")
 
-    monkeypatch.setattr(synthesis, "render_canvas", fail)
+    monkeypatch.setattr(synthesis.canvases, "render_canvas", fail)  # the name synthetic_canvases calls
     again = synthesis.synthetic_canvases(config, tpl, [lesion], tmp_path, n=3, label_maps=maps)
     assert all(np.array_equal(x["image"], y["image"]) for x, y in zip(first, again))
     s = Sampler(tpl, [lesion], again, patch=16, real_fraction=1.0, seed=0)

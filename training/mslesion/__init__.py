@@ -33,7 +33,8 @@ Recipe (``python -m training.mslesion CONFIG``; resumable, checkpoints in ``run_
    again; with a site's unlabelled FLAIRs as ``real_canvases`` this adapts the model in minutes.
 
 Modules, in the order of the recipe: :mod:`.template` (template arrays, lesion masks, sulci),
-:mod:`.canvases` (real FLAIRs in template space), :mod:`.sampler` (synthesis of training patches),
+:mod:`.canvases` (real FLAIRs in template space), :mod:`.synthesis` (SynthSeg-style canvases on real
+anatomies), :mod:`.sampler` (synthesis of training patches),
 :mod:`.augment` (image-quality augmentation), :mod:`.channels` (input channel names), :mod:`.train`
 (loss, resumable loops, the recipe), :mod:`.adapt` (``--adapt``), :mod:`.scoring` (evaluation cases,
 native-grid scores), :mod:`.evaluate` (the networks on the real cases), :mod:`.baseline` (FLAIR threshold),
