@@ -278,6 +278,8 @@ def evaluate(config: dict, folds: list[str] | None = None) -> dict:
         shipped_seen.update({Path(p).parts[0].removeprefix("sub-"): "image" for p in sc.get("real_canvases", [])})
         shipped_seen.update({Path(p).parts[0].removeprefix("sub-"): "image+labels"
                              for p in sc.get("labelled_canvases", {})})
+    if folds:  # a partial evaluation scores only those folds' patients
+        cases = [c for c in cases if assignment[c["subject"]] in folds]
     for case in cases:
         image, transform = registered(case, config, tpl)
         f = assignment[case["subject"]]
@@ -307,7 +309,7 @@ def evaluate(config: dict, folds: list[str] | None = None) -> dict:
                                         f"shipped {meta['version']}")]
         LOGGER.info("%s scored (fold %s)", case["subject"], f)
     out = {"config": config["name"], "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    path = RESULTS / f"{config['name']}_{out['date']}.json"
+    path = RESULTS / f"{config['name']}_{out['date']}{'_folds-' + ''.join(folds) if folds else ''}.json"
     path.write_text(json.dumps(out, indent=0) + "\n")
     LOGGER.info("wrote %s", path)
     return out
