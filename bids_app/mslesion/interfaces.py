@@ -99,7 +99,7 @@ class ToTemplate(SimpleInterface):
         # Refuse what shows no brain before registering nonsense. The guard looks at the image as
         # acquired: on a thick-slice clinical FLAIR the mask of the N4-corrected image can break into a
         # fragment (sub-ms3seg106639 of bids-dev: 47 mm wide after N4, 118 mm before).
-        reason = brain.no_brain_reason(brain.brain_mask(image))
+        reason = brain.no_brain_reason(brain.brain_mask(image, denoise_retry=False))
         if reason:
             raise InputImageError(f"No brain found in the image: {reason}; check that it is a head scan covering "
                                   "the brain, or leave it out with --bids-filter-file.")

@@ -321,9 +321,10 @@ def summary(rows: list[dict], name: str) -> dict[str, list[dict]]:
     from training.mslesion.baseline import cross_validated_baseline
 
     base = [r for r in rows if "flair_iqr" in r]
-    chosen = cross_validated_baseline(base)
-    arms = {"baseline (FLAIR threshold, LOPO)": case_means(
-        [{**r, "model": "baseline", "threshold": 0.5} for r in chosen])}
+    arms = {}
+    if base:
+        arms["baseline (FLAIR threshold, LOPO)"] = case_means(
+            [{**r, "model": "baseline", "threshold": 0.5} for r in cross_validated_baseline(base)])
     cm = case_means([r for r in rows if "fold" in r])
     for member in ("ensemble", "generic"):
         model = f"{name} {member}"
