@@ -38,7 +38,9 @@ def adapt_config(config: dict, bids_dir: Path, lesion_masks: Path, models_dir: P
     return {**config, **ADAPT_SCHEDULE, "name": name, "bids_dir": str(Path(bids_dir).resolve()),
             "lesion_masks": str(Path(lesion_masks).resolve()), "real_canvases": flairs, "labelled_canvases": {},
             "init_from": config["export_dir"], "run_dir": str(export_dir.parent / f"{name}_run"), "export_dir": str(export_dir),
-            "config_path": str(export_dir / "training_config.json"), "card": {}}
+            "config_path": str(export_dir / "training_config.json"), "card": {},
+            # The shared dev cache is keyed by file name; a user's dataset gets the run's own cache.
+            "cache_dir": None}
 
 
 def write_adapted_card(config: dict) -> Path:
