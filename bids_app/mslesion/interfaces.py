@@ -97,9 +97,10 @@ class ToTemplate(SimpleInterface):
         in_file = checked_path(Path(self.inputs.in_file), Path(runtime.cwd))  # truncated, NaN, 4D ...
         image = sitk.ReadImage(str(in_file))
         # Refuse what shows no brain before registering nonsense. The guard looks at the image as
-        # acquired: on a thick-slice clinical FLAIR the mask of the N4-corrected image can break into a
-        # fragment (sub-ms3seg106639 of bids-dev: 47 mm wide after N4, 118 mm before).
-        reason = brain.no_brain_reason(brain.brain_mask(image, denoise_retry=False))
+        # acquired, with the registration's own mask (retried on a denoised image when it is a
+        # fragment): single-pass masks of noisy thick-slice clinical FLAIRs are fragments, 47-59 mm
+        # wide on bids-dev's MS3SEG scans, which a brain-width guard would refuse.
+        reason = brain.no_brain_reason(brain.brain_mask(image))
         if reason:
             raise InputImageError(f"No brain found in the image: {reason}; check that it is a head scan covering "
                                   "the brain, or leave it out with --bids-filter-file.")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from bids_app.imaging.brain import MIN_REGISTRATION_BRAIN_ML, brain_mask, brain_mask_once
+from bids_app.imaging.brain import MIN_REGISTRATION_BRAIN_ML, brain_mask, brain_mask_once, no_brain_reason
 from training.common.paths import ROOT
 
 BIDS_DEV = ROOT.parent / "shared" / "data" / "bids-dev"
@@ -50,4 +50,6 @@ FRAGMENTED = ["ms3seg104670", "ms3seg106639", "ms3seg107130", "ms3seg110218", "m
 def test_the_noisy_clinical_flairs_get_a_whole_brain_mask(subject):
     image = sitk.ReadImage(str(BIDS_DEV / f"sub-{subject}/anat/sub-{subject}_FLAIR.nii.gz"))
     assert _ml(brain_mask_once(image)) < MIN_REGISTRATION_BRAIN_ML  # the failure this fixes
-    assert MIN_REGISTRATION_BRAIN_ML <= _ml(brain_mask(image)) <= 2000.0
+    mask = brain_mask(image)
+    assert MIN_REGISTRATION_BRAIN_ML <= _ml(mask) <= 2000.0
+    assert no_brain_reason(mask) is None  # three of them (59-65 mm wide) were refused as "no brain"
