@@ -116,7 +116,7 @@ def test_case_means_average_raters_and_the_summary_table_lists_every_arm():
     arms = summary(rows + base, "cv")
     assert list(arms) == ["baseline (FLAIR threshold, LOPO)", "cv ensemble (cross-validated)"]
     text = markdown(arms)
-    assert "| cv ensemble (cross-validated) | 2 | 0.800 | 0.500 | 0.650 |" in text
+    assert "| cv ensemble (cross-validated) | 2 | 0.800 | 0.500 | n/a | 0.650 |" in text
     json.dumps(arms)  # JSON-ready (NaN allowed by json)
 
 

@@ -336,34 +336,11 @@ def summary(rows: list[dict], name: str) -> dict[str, list[dict]]:
 
 
 def markdown(arms: dict[str, list[dict]]) -> str:
-    """Per-arm means by site group and per patient."""
-    lines = ["| arm | patients | Dice 1 mm | Dice 1.5T MS3SEG | Dice all | lesion F1 all | small-lesion recall | "
-             "nWMH labelled lesion | |volume error| % |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for arm, rs in arms.items():
-        rs = [r for r in rs if r.get("seen_in_training", "none") == "none"]
-        one_mm = [r["dice"] for r in rs if r["site"] in ("Lesjak", "MSLesSeg")]
-        ms3 = [r["dice"] for r in rs if r["site"].startswith("MS3SEG")]
-        nw = ", ".join(f"{r['nwmh_fraction']:.2f}" for r in rs if not math.isnan(r["nwmh_fraction"]))
-        lines.append(f"| {arm} | {len(rs)} | {_fmt(one_mm)} | {_fmt(ms3)} | {_fmt([r['dice'] for r in rs])} | "
-                     f"{_fmt([r['lesion_f1'] for r in rs])} | {_fmt([r['small_recall'] for r in rs])} | {nw} | "
-                     f"{_fmt([abs(r['volume_error_percent']) for r in rs], 0)} |")
-    lines += ["", "| patient | site | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]
-    subjects = sorted({r["subject"] for rs in arms.values() for r in rs})
-    for s in subjects:
-        cells = []
-        for rs in arms.values():
-            r = next((r for r in rs if r["subject"] == s), None)
-            cells.append("" if r is None else f"{r['dice']:.2f} / {r['lesion_f1']:.2f}"
-                         + ("" if r.get("seen_in_training", "none") == "none" else " (seen)"))
-        site = next(r["site"] for rs in arms.values() for r in rs if r["subject"] == s)
-        lines.append(f"| {s} | {site} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nCells: Dice / lesion-wise F1 on the native FLAIR grid (mean of raters).\n"
+    """The strategy table and the per-patient table of :mod:`training.mslesion.cvcard`."""
+    from training.mslesion.cvcard import patient_table, strategy_table
 
-
-def _fmt(xs, digits: int = 3) -> str:
-    v = _nanmean(xs)
-    return "n/a" if math.isnan(v) else f"{v:.{digits}f}"
+    return (strategy_table(arms) + "\n\n" + patient_table(arms)
+            + "\n\nCells: Dice / lesion-wise F1 / predicted mL on the native FLAIR grid (mean of raters).\n")
 
 
 def main(argv=None) -> int:

@@ -29,15 +29,7 @@ def figure(config: dict, png: Path, n: int = 8) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from training.mslesion.template import lesion_masks_in_template, load_template
-
-    cfg = settings(config)
-    tpl = load_template()
-    folder = Path(cfg["lesion_masks"])
-    masks = lesion_masks_in_template(folder if folder.is_absolute() else ROOT / folder, tpl)
-    cache = Path(cfg["cache_dir"])
-    cache = cache if cache.is_absolute() else ROOT / cache
-    paths = label_map_paths(cfg)
+    cfg, tpl, masks, cache, paths = _inputs(config)
     seed = int(cfg["figure_seed"])
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(paths), size=n, replace=False)
@@ -83,15 +75,7 @@ def figure(config: dict, png: Path, n: int = 8) -> None:
 def benchmark(config: dict, n: int = 2) -> dict:
     """Seconds to render ``n`` canvases on the full template grid (wall and process CPU time, whatever the
     thread settings of the caller), and the registration time of the maps used (from their caches)."""
-    from training.mslesion.template import lesion_masks_in_template, load_template
-
-    cfg = settings(config)
-    tpl = load_template()
-    folder = Path(cfg["lesion_masks"])
-    masks = lesion_masks_in_template(folder if folder.is_absolute() else ROOT / folder, tpl)
-    cache = Path(cfg["cache_dir"])
-    cache = cache if cache.is_absolute() else ROOT / cache
-    paths = label_map_paths(cfg)
+    cfg, tpl, masks, cache, paths = _inputs(config)
     rows = []
     for i in range(n):
         labels = register_label_map(paths[i], cache)
@@ -103,3 +87,16 @@ def benchmark(config: dict, n: int = 2) -> dict:
                      "render_cpu_s": round(time.process_time() - c0, 2), "registration_s": reg, "meta": c["meta"]})
         LOGGER.info("benchmark %s", rows[-1])
     return {"canvases": rows}
+
+
+def _inputs(config: dict):
+    """``(settings, template, lesion masks on the template grid, cache folder, label-map paths)``."""
+    from training.mslesion.template import lesion_masks_in_template, load_template
+
+    cfg = settings(config)
+    tpl = load_template()
+    folder = Path(cfg["lesion_masks"])
+    masks = lesion_masks_in_template(folder if folder.is_absolute() else ROOT / folder, tpl)
+    cache = Path(cfg["cache_dir"])
+    cache = cache if cache.is_absolute() else ROOT / cache
+    return cfg, tpl, masks, cache, label_map_paths(cfg)
