@@ -112,7 +112,8 @@ def write_cv_card(config: dict, final_arm: str) -> Path:
             bool(s["nwmh"]) and max(s["nwmh"]) <= TARGETS["nwmh"],
     }
     labelled = list(config.get("labelled_canvases", {}))
-    timing = (ROOT / card["timing"]).read_text().strip() if card.get("timing") else "not measured"
+    timing = (f"`{card['timing']}` (`python benchmarks/participant.py --task mslesion`):\n\n```\n"
+              + (ROOT / card["timing"]).read_text().strip() + "\n```") if card.get("timing") else "not measured"
     summary_rows = [
         ["what", f"DeepLesionBrain-style ensemble: a generic 3D UNet and {len(meta['ensemble']['boxes'])} sub-volume "
                  "specialists grown from it, fused; FLAIR + global-binary-mask prior"],
