@@ -37,11 +37,10 @@ MIN_REGISTRATION_BRAIN_ML = 800.0
 DENOISE_RADII = (1, 2)
 
 
-def brain_mask(image: sitk.Image, opening_mm: float = 3.0, closing_mm: float = 4.0,
-               denoise_retry: bool = True) -> sitk.Image:
+def brain_mask(image: sitk.Image, opening_mm: float = 3.0, closing_mm: float = 4.0) -> sitk.Image:
     """:func:`brain_mask_once`, retried on a denoised image when the mask is too small to be a brain.
 
-    With ``denoise_retry``, when the mask keeps less than :data:`MIN_REGISTRATION_BRAIN_ML`, the
+    When the mask keeps less than :data:`MIN_REGISTRATION_BRAIN_ML`, the
     image is median-filtered in-plane (radius :data:`DENOISE_RADII` voxels in turn, none across
     slices) and masked again; the first mask of at least that volume is returned, else the largest.
     Speckle noise on a thick-slice scan breaks the Otsu foreground into fragments that the
@@ -49,16 +48,13 @@ def brain_mask(image: sitk.Image, opening_mm: float = 3.0, closing_mm: float = 4
     without blurring the dark skull into the brain as a Gaussian does. Masks of at least the bound
     are returned unchanged, so every image whose first mask was already plausible keeps it.
     """
-    mask = brain_mask_once(image, opening_mm, closing_mm)
-    if not denoise_retry:
-        return mask
+    best = brain_mask_once(image, opening_mm, closing_mm)
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
-    volume = float(sitk.GetArrayViewFromImage(mask).sum()) * voxel_ml
-    best, best_volume = mask, volume
+    best_volume = float(sitk.GetArrayViewFromImage(best).sum()) * voxel_ml
+    axis = int(np.argmax(image.GetSpacing()))  # the slice axis: no median across slices
     for radius in DENOISE_RADII:
         if best_volume >= MIN_REGISTRATION_BRAIN_ML:
             break
-        axis = int(np.argmax(image.GetSpacing()))
         r = [0 if a == axis else radius for a in range(3)]
         candidate = brain_mask_once(sitk.Median(sitk.Cast(image, sitk.sitkFloat32), r), opening_mm, closing_mm)
         v = float(sitk.GetArrayViewFromImage(candidate).sum()) * voxel_ml

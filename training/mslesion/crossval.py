@@ -247,7 +247,8 @@ def evaluate(config: dict, folds: list[str] | None = None) -> dict:
     import torch
 
     from bids_app.imaging import templates
-    from bids_app.mslesion.predict import input_channel, load_ensemble, predict_ensemble, predict_generic, search_region
+    from bids_app.mslesion.predict import (
+        input_channel, lesion_probability, load_ensemble, predict_ensemble, predict_generic, search_region)
     from training.mslesion.baseline import BASELINE_GRID, baseline_name, intensity_baseline
     from training.mslesion.channels import input_channels
     from training.mslesion.evaluate import load_nets
@@ -299,11 +300,8 @@ def evaluate(config: dict, folds: list[str] | None = None) -> dict:
                 rows += [{**r, "image": case["subject"], "flair_iqr": t, "template_wm": w}
                          for r in score_map(mask, case, transform, tpl_img, [0.5], baseline_name(t, w))]
         if shipped:
-            meta, generic, nets, boxes = shipped
-            x = np.stack([input_channel(n, image, tpl["wm"], None) for n in meta["input"]["channels"]])
-            r_ = meta["output"]["search_region"]
-            prob = predict_ensemble(nets, boxes, x, tpl["brain"]) * search_region(
-                tpl["wm"], r_["template_wm_threshold"], r_["dilation_mm"])
+            meta = shipped[0]
+            prob = lesion_probability(shipped, image, tpl["wm"], tpl["brain"])  # what the app runs
             rows += [{**r, "seen_in_training": shipped_seen.get(case["subject"], "none")}
                      for r in score_map(prob, case, transform, tpl_img, [meta["output"]["threshold"]],
                                         f"shipped {meta['version']}")]
