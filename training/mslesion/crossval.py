@@ -88,6 +88,24 @@ def fold_of(config: dict) -> dict[str, str]:
     return out
 
 
+def load_config(path: Path) -> dict:
+    """A cross-validation config; ``"base": "OTHER.json"`` (beside it) names the config it extends:
+    the base's keys, recursively resolved, with this file's keys over them (top level; ``name``
+    defaults to the file's stem, never inherited)."""
+    own = json.loads(path.read_text())
+    own.setdefault("name", path.stem)
+    if "base" not in own:
+        return own
+    base = load_config(path.parent / own.pop("base"))
+    return {**base, **own}
+
+
+def unlabelled_subjects(config: dict) -> set[str]:
+    """Subjects whose scans a fold model sees without labels: ``real_canvases`` and ``ssl.scans``."""
+    paths = list(config.get("real_canvases", [])) + list(config.get("ssl", {}).get("scans", []))
+    return {Path(p).parts[0].removeprefix("sub-") for p in paths}
+
+
 def fold_config(config: dict, fold: str, cases: list[dict]) -> dict:
     """The training config of one fold: the base recipe with every labelled patient *not* in
     ``fold`` as a labelled canvas, its own ``run_dir`` and the shared ``cache_dir``."""
@@ -97,6 +115,12 @@ def fold_config(config: dict, fold: str, cases: list[dict]) -> dict:
         raise SystemExit(f"labelled patients {missing} are in no fold of {config['name']}: add them to 'folds'.")
     if fold not in config["folds"]:
         raise SystemExit(f"fold {fold!r} is not one of {sorted(config['folds'])}.")
+    leaked = sorted(unlabelled_subjects(config) & set(folds))
+    if leaked:
+        # An unlabelled scan of a tested patient (in the canvases or the self-supervised pool) would
+        # let its fold model see the test image: the protocol forbids it.
+        raise SystemExit(f"{config['name']}: {leaked} are labelled patients of the cross-validation but their "
+                         "scans are also in real_canvases or ssl.scans; use only scans of unlabelled subjects there.")
     d = Path(config["bids_dir"])
     train = {str(Path(c["flair"]).relative_to(d)): [str(Path(p).relative_to(d)) for p in c["labels"]]
              for c in cases if folds[c["subject"]] != fold}
@@ -351,8 +375,7 @@ def main(argv=None) -> int:
     ap.add_argument("--table", type=Path, metavar="ROWS_JSON", help="print the summary of an --evaluate result")
     args = ap.parse_args(argv)
     setup_logging()
-    config = json.loads(args.config.read_text())
-    config.setdefault("name", args.config.stem)
+    config = load_config(args.config)
     if args.prepare:
         prepare(config)
     if args.train:

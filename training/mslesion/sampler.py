@@ -39,14 +39,19 @@ class Sampler:
     ``centre_on``: where a labelled patch is centred: on a manual-lesion voxel drawn uniformly
     (``"voxel"``, the default: large lesions dominate) or on a voxel of a manual lesion drawn
     uniformly among the lesions (``"lesion"``: small lesions get as many patches as large ones).
+
+    ``unlabelled`` / ``unlabelled_synthetic``: the pool of :meth:`unlabelled` patches (see there).
     """
 
     def __init__(self, tpl, lesion_masks, canvases, patch: int, real_fraction: float, seed: int,
                  contrast=(0.6, 4.0), lesion_wm: float = 0.0, labelled_weight: float = 1.0,
                  t1_fraction: float = 0.0, prior: bool = True, t1w: bool = False, t1w_dropout: float = 0.3,
                  t1w_contrast=(0.0, 1.5), normal_hyper: float = 0.0, sulci: float = 0.0, deform: float = 0.0,
-                 centre_on: str = "voxel"):
+                 centre_on: str = "voxel", unlabelled: list[dict] | None = None,
+                 unlabelled_synthetic: float = 0.0):
         self.tpl, self.masks, self.canvases = tpl, lesion_masks, canvases
+        self.unlabelled_pool = [c for c in canvases if "label" not in c] if unlabelled is None else unlabelled
+        self.unlabelled_synthetic = float(unlabelled_synthetic)
         self.sulci, self.deform = float(sulci), float(deform)
         if self.sulci > 0:
             self.ridges = sulcal_ridges(tpl["wm"], tpl["gm"], tpl["brain"])
@@ -105,8 +110,7 @@ class Sampler:
             c = self._centre(region, self.mask_idx[k])
             if flip:
                 c = c.copy(); c[0] = tpl["brain"].shape[0] - 1 - c[0]
-        lo = np.clip(c - p // 2, 0, np.array(tpl["brain"].shape) - p)
-        box = tuple(slice(int(a), int(a) + p) for a in lo)
+        box = self._box(c)
         fbox = (slice(tpl["brain"].shape[0] - box[0].stop, tpl["brain"].shape[0] - box[0].start),) + box[1:]
         les = self.masks[k][fbox][::-1] if flip else self.masks[k][box]
         les = self._thin(les) | self._ellipsoids(tpl["wm"][box])
@@ -145,6 +149,33 @@ class Sampler:
             channels.append(tpl["prior"][box])
         weight = (~ignore).astype(np.float32)
         return np.stack(channels).astype(np.float32), target.astype(np.float32), weight
+
+    def _box(self, centre: np.ndarray) -> tuple[slice, ...]:
+        """The patch box around ``centre``, shifted to lie inside the template grid."""
+        lo = np.clip(centre - self.p // 2, 0, np.array(self.tpl["brain"].shape) - self.p)
+        return tuple(slice(int(a), int(a) + self.p) for a in lo)
+
+    def unlabelled(self, region=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One unlabelled patch seen twice: ``(view, view, brain)``, ``(C, P, P, P)`` twice and ``(P, P, P)``.
+
+        The image comes from a canvas of the unlabelled pool (``unlabelled``, by default every canvas
+        without a label) as it is, with no pasted lesion, or with probability ``unlabelled_synthetic``
+        (always when the pool is empty) from the template synthesis. The two views differ only by
+        their independent image-quality augmentation (same geometry, so voxels correspond); the
+        T1w channel (with ``t1w``) is zeros and the prior channel is as in :meth:`sample`. For
+        self-supervised pre-training and the mean teacher (:mod:`training.mslesion.ssl`).
+        """
+        from training.mslesion.ssl import unlabelled_views
+
+        rng, tpl = self.rng, self.tpl
+        box = self._box(self._centre(region, self.brain_idx[:0]))
+        pool = self.unlabelled_pool
+        if pool and rng.random() >= self.unlabelled_synthetic:
+            img = pool[rng.integers(len(pool))]["image"][box]
+        else:
+            img, _ = self._synthetic(box)
+        extra = ([np.zeros(img.shape, np.float32)] if self.t1w else []) + ([tpl["prior"][box]] if self.prior else [])
+        return unlabelled_views(img, extra, tpl["brain"][box], rng)
 
     def _pick_canvas(self) -> dict:
         """Labelled canvases are drawn ``labelled_weight`` times as often as unlabelled ones."""

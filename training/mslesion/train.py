@@ -33,12 +33,22 @@ def loss_fn(logits, target, weight):
     return bce + dice
 
 
-def train_net(net, sampler, iterations, batch, lr, ckpt: Path, region=None, log_every=100):
+def train_net(net, sampler, iterations, batch, lr, ckpt: Path, region=None, log_every=100, mean_teacher=None):
+    """Train ``net`` for ``iterations`` steps of ``batch`` patches of ``sampler`` (within ``region``);
+    resumable from ``ckpt``. ``mean_teacher``: the ``"mean_teacher"`` config block, which adds the
+    consistency loss of :class:`training.mslesion.ssl.MeanTeacher` on unlabelled patches."""
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     start = 0
+    teacher = None
+    if mean_teacher:
+        from training.mslesion.ssl import MeanTeacher
+
+        teacher = MeanTeacher(net, mean_teacher, iterations)
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=True)
         net.load_state_dict(state["net"]); opt.load_state_dict(state["opt"]); start = int(state["it"])
+        if teacher is not None:
+            teacher.load_state_dict(state["teacher"])
         LOGGER.info("resumed %s at %d", ckpt, start)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, iterations) / iterations)))
     for _ in range(start):
@@ -53,13 +63,20 @@ def train_net(net, sampler, iterations, batch, lr, ckpt: Path, region=None, log_
         x, y, w = (torch.from_numpy(np.stack(a)) for a in (xs, ys, ws))
         opt.zero_grad()
         loss = loss_fn(net(x), y, w)
+        if teacher is not None:
+            loss = loss + teacher.loss(net, sampler, it, region)
         loss.backward(); opt.step(); sched.step()
+        if teacher is not None:
+            teacher.update(net, it)
         running += loss.item()
         if (it + 1) % log_every == 0 or it + 1 == iterations:
             LOGGER.info("%s it %d/%d loss %.4f (%.1f s)", ckpt.parent.name + "/" + ckpt.stem, it + 1,
                         iterations, running / log_every, time.time() - t0)
             running = 0.0
-            torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "it": it + 1}, ckpt)
+            state = {"net": net.state_dict(), "opt": opt.state_dict(), "it": it + 1}
+            if teacher is not None:
+                state["teacher"] = teacher.state_dict()
+            torch.save(state, ckpt)
     net.eval()
     return net
 
@@ -105,7 +122,20 @@ def run(config: dict) -> None:
     generic = build_net(n_in, config["channels"])
     if config.get("init_from") and not (run_dir / "generic.pt").exists():
         generic.load_state_dict(initial_weights(config))
-    train_net(generic, sampler, config["generic_iterations"], config["batch"], config["lr"], run_dir / "generic.pt")
+    if config.get("ssl") and not (run_dir / "generic.pt").exists():
+        from training.mslesion.ssl import pretrained_weights
+
+        generic.load_state_dict(pretrained_weights(pretrained(config, tpl, masks, n_in)))
+        LOGGER.info("generic net initialised from the self-supervised pre-training")
+    if config.get("mean_teacher", {}).get("pool") == "real":
+        # Consistency on every real scan of the recipe, labelled or not (their labels stay unused there).
+        sampler.unlabelled_pool = [c for c in canvases if "meta" not in c]
+    mt = config.get("mean_teacher")
+    train_net(generic, sampler, config["generic_iterations"], config["batch"], config["lr"], run_dir / "generic.pt",
+              mean_teacher=mt)
+    if not config["special_iterations"]:
+        LOGGER.info("done (generic net only: special_iterations is 0)")
+        return
     boxes = subvolumes(tpl["brain"], tuple(config["grid"]), config["overlap"])
     for i, box in enumerate(boxes):
         net = build_net(n_in, config["channels"])
@@ -113,8 +143,32 @@ def run(config: dict) -> None:
         if not ck.exists():
             net.load_state_dict(generic.state_dict())
         train_net(net, sampler, config["special_iterations"], config["batch"], config["lr"] * 0.3, ck,
-                  region=box)
+                  region=box, mean_teacher=mt if (mt or {}).get("specialists") else None)
     LOGGER.info("done")
+
+
+def pretrained(config: dict, tpl: dict, masks: list, n_in: int) -> Path:
+    """The self-supervised pre-training checkpoint of ``config["ssl"]`` (trained now when missing or
+    unfinished; shared by every config with the same ``ssl.run_dir``).
+
+    Its pool: the real scans ``ssl.scans`` (any contrast; relative to ``bids_dir``, registered to the
+    template once, cached in the config's cache) and the template synthesis with probability
+    ``ssl.synthetic_fraction``. The scans must hold no patient that a cross-validation fold tests
+    (:func:`training.mslesion.crossval.fold_config` checks).
+    """
+    from training.mslesion.ssl import pretrain
+
+    cfg = config["ssl"]
+    out_dir = ROOT / cfg["run_dir"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache = ROOT / config["cache_dir"] if config.get("cache_dir") else ROOT / config["run_dir"] / "cache"
+    pool = [real_canvas(Path(config["bids_dir"]) / s, tpl, cache) for s in cfg["scans"]]
+    sampler = Sampler(tpl, masks, pool, config["patch"], 0.0, config["seed"] + 1000, prior=config["prior"],
+                      t1w=bool(config.get("t1w")), unlabelled=pool,
+                      unlabelled_synthetic=cfg.get("synthetic_fraction", 0.3))
+    LOGGER.info("self-supervised pre-training on %d real scans and template synthesis (%.0f %%)", len(pool),
+                100 * cfg.get("synthetic_fraction", 0.3))
+    return pretrain(config, sampler, n_in, out_dir / "pretrained.pt")
 
 
 def initial_weights(config: dict) -> dict:
