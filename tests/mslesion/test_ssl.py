@@ -127,7 +127,7 @@ def test_arm_configs_extend_their_base_and_differ_only_by_what_they_add():
     cv2, s0, s1, s2 = (load_config(d / f"{n}.json") for n in ("cv2", "ssl0", "ssl1", "ssl2"))
     assert s0["name"] == "ssl0" and s2["name"] == "ssl2"
     assert {k for k in s0 if s0[k] != cv2.get(k)} == {"name", "_comment", "run_dir", "special_iterations",
-                                                        "threads", "baseline", "shipped_model"}
+                                                        "generic_iterations", "threads", "baseline", "shipped_model"}
     assert {k for k in s1 if s1[k] != s0.get(k)} == {"name", "_comment", "run_dir", "ssl"}
     assert {k for k in s2 if s2[k] != s1.get(k)} == {"name", "_comment", "run_dir", "mean_teacher"}
 
