@@ -94,7 +94,7 @@ class Sampler:
         return np.array([rng.integers(s.start, s.stop) for s in region])
 
     def sample(self, region=None):
-        rng, p, tpl = self.rng, self.p, self.tpl
+        rng, tpl = self.rng, self.tpl
         k = rng.integers(len(self.masks))
         flip = rng.random() < 0.5
         canvas = None
