@@ -95,6 +95,18 @@ def above_baseline(arms: dict[str, list[dict]], arm: str) -> tuple[int, int, lis
     return len(mine) - len(below), len(mine), below
 
 
+def _not_in_model(config: dict) -> str:
+    """The card's sentence on the strategies that were measured as arms but are not in this model."""
+    missing = [what for key, what in (("ssl", "self-supervised pre-training"),
+                                      ("mean_teacher", "mean-teacher semi-supervised fine-tuning"),
+                                      ("synthseg_canvases", "synthesis on the 39 real anatomies"))
+               if not config.get(key)]
+    if not missing:
+        return ""
+    return (f"{', '.join(missing[:-1]) + ' and ' if len(missing) > 1 else ''}{missing[-1]} "
+            f"{'are' if len(missing) > 1 else 'is'} measured in the strategy table but not in this model.").capitalize()
+
+
 def write_cv_card(config: dict, final_arm: str) -> Path:
     """``<export_dir>/README.md`` for a model whose accuracy is the cross-validated arm ``final_arm``."""
     out = ROOT / config["export_dir"]
@@ -201,8 +213,7 @@ cross-validation: `python -m training.mslesion.crossval training/mslesion/config
 ## Limits
 Trained for minutes on CPU with {len(labelled)} labelled patients from four sources; read the per-patient
 table before trusting it on your data and validate on your own labels (the app writes Dice and
-lesion-wise F1 when manual labels exist under `derivatives/labels`). Self-supervised pre-training,
-semi-supervised fine-tuning and synthesis on the 39 real anatomies are not in this model yet. Data:
+lesion-wise F1 when manual labels exist under `derivatives/labels`). {_not_in_model(config)} Data:
 Lesjak et al., Neuroinformatics 2018 (CC-BY); ISBI 2015 (ms.lesion R package, GPL-2); MSLesSeg; MS3SEG;
 sources in the bids-dev README. The 0.1.0 model's two-fold experiments (prior, T1w, negatives, sulci,
 warps, adaptation without labels) are kept in `training/mslesion/results/` with their configs.
