@@ -156,6 +156,7 @@ def pretrain(config: dict, sampler, n_in: int, out: Path) -> Path:
     unlabelled patches. Checkpoint ``out`` = ``{"net", "heads", "opt", "it", "losses"}``; returns ``out``.
     """
     from bids_app.mslesion.predict import build_net
+    from training.mslesion.train import cosine_schedule
 
     cfg = config["ssl"]
     net = build_net(n_in, config["channels"])
@@ -170,9 +171,7 @@ def pretrain(config: dict, sampler, n_in: int, out: Path) -> Path:
     iterations = int(cfg["iterations"])
     if start >= iterations:
         return out
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, iterations) / iterations)))
-    for _ in range(start):
-        sched.step()
+    sched = cosine_schedule(opt, iterations, start)
     rng = np.random.default_rng([config["seed"], 1729, start])
     net.train()
     t0, running = time.time(), {}

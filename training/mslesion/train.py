@@ -33,6 +33,21 @@ def loss_fn(logits, target, weight):
     return bce + dice
 
 
+def cosine_schedule(opt, iterations: int, start: int = 0):
+    """Cosine decay of ``opt``'s learning rate to 0 over ``iterations`` steps, fast-forwarded to ``start``
+    (a resumed run continues on the same curve)."""
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, iterations) / iterations)))
+    for _ in range(start):
+        sched.step()
+    return sched
+
+
+def cache_dir(config: dict) -> Path:
+    """Where the run's registered canvases are cached: ``cache_dir`` (shared, e.g. by the folds of a
+    cross-validation, which then register each real scan once) or the run's own ``cache/``."""
+    return ROOT / config["cache_dir"] if config.get("cache_dir") else ROOT / config["run_dir"] / "cache"
+
+
 def train_net(net, sampler, iterations, batch, lr, ckpt: Path, region=None, log_every=100, mean_teacher=None):
     """Train ``net`` for ``iterations`` steps of ``batch`` patches of ``sampler`` (within ``region``);
     resumable from ``ckpt``. ``mean_teacher``: the ``"mean_teacher"`` config block, which adds the
@@ -50,9 +65,7 @@ def train_net(net, sampler, iterations, batch, lr, ckpt: Path, region=None, log_
         if teacher is not None:
             teacher.load_state_dict(state["teacher"])
         LOGGER.info("resumed %s at %d", ckpt, start)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, iterations) / iterations)))
-    for _ in range(start):
-        sched.step()
+    sched = cosine_schedule(opt, iterations, start)
     net.train()
     t0, running = time.time(), 0.0
     for it in range(start, iterations):
@@ -90,8 +103,7 @@ def run(config: dict) -> None:
     masks = lesion_masks_in_template(Path(config["lesion_masks"]), tpl)
     data = Path(config["bids_dir"])
     t1w = bool(config.get("t1w"))
-    # A shared cache lets the folds of a cross-validation register each real scan once.
-    cache = ROOT / config["cache_dir"] if config.get("cache_dir") else run_dir / "cache"
+    cache = cache_dir(config)
     canvases = [real_canvas(data / c, tpl, cache, t1w=t1w,
                             ignore_percentile=config.get("unlabelled_ignore_percentile"))
                 for c in config["real_canvases"]]
@@ -127,10 +139,10 @@ def run(config: dict) -> None:
 
         generic.load_state_dict(pretrained_weights(pretrained(config, tpl, masks, n_in)))
         LOGGER.info("generic net initialised from the self-supervised pre-training")
-    if config.get("mean_teacher", {}).get("pool") == "real":
+    mt = config.get("mean_teacher") or {}
+    if mt.get("pool") == "real":
         # Consistency on every real scan of the recipe, labelled or not (their labels stay unused there).
         sampler.unlabelled_pool = [c for c in canvases if "meta" not in c]
-    mt = config.get("mean_teacher")
     train_net(generic, sampler, config["generic_iterations"], config["batch"], config["lr"], run_dir / "generic.pt",
               mean_teacher=mt)
     if not config["special_iterations"]:
@@ -143,7 +155,7 @@ def run(config: dict) -> None:
         if not ck.exists():
             net.load_state_dict(generic.state_dict())
         train_net(net, sampler, config["special_iterations"], config["batch"], config["lr"] * 0.3, ck,
-                  region=box, mean_teacher=mt if (mt or {}).get("specialists") else None)
+                  region=box, mean_teacher=mt if mt.get("specialists") else None)
     LOGGER.info("done")
 
 
@@ -161,8 +173,7 @@ def pretrained(config: dict, tpl: dict, masks: list, n_in: int) -> Path:
     cfg = config["ssl"]
     out_dir = ROOT / cfg["run_dir"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache = ROOT / config["cache_dir"] if config.get("cache_dir") else ROOT / config["run_dir"] / "cache"
-    pool = [real_canvas(Path(config["bids_dir"]) / s, tpl, cache) for s in cfg["scans"]]
+    pool = [real_canvas(Path(config["bids_dir"]) / s, tpl, cache_dir(config)) for s in cfg["scans"]]
     sampler = Sampler(tpl, masks, pool, config["patch"], 0.0, config["seed"] + 1000, prior=config["prior"],
                       t1w=bool(config.get("t1w")), unlabelled=pool,
                       unlabelled_synthetic=cfg.get("synthetic_fraction", 0.3))
