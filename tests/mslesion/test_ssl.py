@@ -132,6 +132,19 @@ def test_arm_configs_extend_their_base_and_differ_only_by_what_they_add():
     assert {k for k in s2 if s2[k] != s1.get(k)} == {"name", "_comment", "run_dir", "mean_teacher"}
 
 
+def test_seed_repeats_change_only_the_seed_and_where_they_write():
+    from training.common.paths import ROOT
+
+    d = ROOT / "training/mslesion/configs"
+    for arm in ("ssl0", "ssl1"):
+        base, repeat = load_config(d / f"{arm}.json"), load_config(d / f"{arm}_seed8.json")
+        assert {k for k in repeat if repeat[k] != base.get(k)} <= {"name", "_comment", "run_dir", "seed", "ssl"}
+        assert repeat["seed"] != base["seed"] and repeat["run_dir"] != base["run_dir"]
+        if "ssl" in base:
+            # The block is merged, not replaced: only the pre-training's own folder moves.
+            assert {k for k in repeat["ssl"] if repeat["ssl"][k] != base["ssl"][k]} == {"run_dir"}
+
+
 def test_a_fold_may_not_see_a_tested_patient_without_labels(tmp_path):
     cases = [{"subject": "a", "flair": str(tmp_path / "sub-a/anat/sub-a_FLAIR.nii.gz"), "labels": []},
              {"subject": "b", "flair": str(tmp_path / "sub-b/anat/sub-b_FLAIR.nii.gz"), "labels": []}]

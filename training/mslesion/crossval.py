@@ -90,14 +90,21 @@ def fold_of(config: dict) -> dict[str, str]:
 
 def load_config(path: Path) -> dict:
     """A cross-validation config; ``"base": "OTHER.json"`` (beside it) names the config it extends:
-    the base's keys, recursively resolved, with this file's keys over them (top level; ``name``
-    defaults to the file's stem, never inherited)."""
+    the base's keys, recursively resolved, with this file's keys over them. A block (a JSON object,
+    e.g. ``"ssl"``) is merged key by key, so a seed repeat can move ``ssl.run_dir`` alone; any other
+    value replaces the base's. ``name`` defaults to the file's stem, never inherited."""
     own = json.loads(path.read_text())
     own.setdefault("name", path.stem)
     if "base" not in own:
         return own
-    base = load_config(path.parent / own.pop("base"))
-    return {**base, **own}
+    return _merged(load_config(path.parent / own.pop("base")), own)
+
+
+def _merged(base: dict, own: dict) -> dict:
+    out = dict(base)
+    for key, value in own.items():
+        out[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
 
 
 def unlabelled_subjects(config: dict) -> set[str]:
