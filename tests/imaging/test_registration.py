@@ -53,6 +53,22 @@ def test_rigid_registration_is_reproducible(rigid_case):
     assert again.GetFixedParameters() == est.GetFixedParameters()
 
 
+def test_sampling_per_level_equal_to_one_fraction_is_the_same_registration(rigid_case):
+    img, labels, fixed, true, est = rigid_case
+    # One fraction is the same fraction at every level: bit-identical, seed for seed.
+    per_level = registration.rigid_register(img, fixed, threads=THREADS, sampling=(0.25, 0.25, 0.25))
+    assert per_level.GetParameters() == est.GetParameters()
+    # Fewer samples on the finest level only still find the known motion.
+    sparse = registration.rigid_register(img, fixed, threads=THREADS, sampling=(0.25, 0.25, 0.1))
+    assert sparse.GetParameters() != est.GetParameters()
+    # measured: mean 0.29, max 0.53 mm (0.25, 0.44 with 25 % everywhere)
+    assert _point_errors(sparse, true, labels, fixed_space_of=true.GetInverse()).max() < 1.0
+    with pytest.raises(ValueError, match="per level"):
+        registration.rigid_register(img, fixed, sampling=(0.5, 0.1))
+    with pytest.raises(ValueError, match="sampling"):
+        registration.affine_register(img, fixed, sampling=(0.5, 0.5, 0.0))
+
+
 def test_affine_registration_and_template_mask(phantom):
     """Subject = template phantom scaled by 1.1 (+ small rotation and shift) on a thick oblique grid."""
     template, labels = phantom

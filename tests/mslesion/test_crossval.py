@@ -162,3 +162,13 @@ def test_the_card_puts_the_summary_first_and_states_each_target_from_the_rows(tm
     config.update(ssl={"iterations": 1}, synthseg_canvases=4)
     text = " ".join(write_cv_card(config, "cv ensemble (cross-validated)").read_text().splitlines())
     assert "Mean-teacher semi-supervised fine-tuning is measured in the strategy table but not in this model." in text
+
+
+def test_the_seed_table_shows_both_seeds_and_their_difference():
+    from training.mslesion.cvcard import seed_table
+
+    def arm(dice, f1):
+        return [{**_row("a", "X", 0.5, dice, site="Lesjak"), "lesion_f1": f1, "small_recall": math.nan,
+                 "nwmh_fraction": math.nan, "volume_error_percent": 0.0}]
+    text = seed_table({"r": arm(0.5, 0.4), "r (seed 8)": arm(0.45, 0.5)}, [["r", "r (seed 8)"]])
+    assert "| r | 0.500 / 0.450 (-0.050) | n/a / n/a (n/a) | 0.500 / 0.450 (-0.050) | 0.400 / 0.500 (0.100) |" in text

@@ -18,6 +18,7 @@ import logging
 import time
 from pathlib import Path
 
+from training.common.configs import load_config
 from training.common.logs import setup_logging
 from training.common.paths import ROOT
 from training.mslesion import RESULTS
@@ -45,8 +46,7 @@ def main(argv=None, prog: str = "python -m training.mslesion") -> int:
     ap.add_argument("--export", action="store_true", help="write models/mslesion from the run (with its metrics.json)")
     args = ap.parse_args(argv)
     setup_logging()
-    config = json.loads(args.config.read_text())
-    config.setdefault("name", args.config.stem)
+    config = load_config(args.config)  # a config may extend another ("base")
     if args.export:
         from training.mslesion.export import export
 

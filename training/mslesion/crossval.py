@@ -37,6 +37,7 @@ import SimpleITK as sitk
 
 from bids_app.imaging.grid import resample_to
 from bids_app.mslesion import measures
+from training.common.configs import load_config  # noqa: F401  (re-exported: the CLI and tests use it)
 from training.common.logs import setup_logging
 from training.common.paths import ROOT
 from training.mslesion import RESULTS
@@ -85,25 +86,6 @@ def fold_of(config: dict) -> dict[str, str]:
             if s in out:
                 raise SystemExit(f"{s} is in folds {out[s]} and {fold}: each patient must be in exactly one fold.")
             out[s] = fold
-    return out
-
-
-def load_config(path: Path) -> dict:
-    """A cross-validation config; ``"base": "OTHER.json"`` (beside it) names the config it extends:
-    the base's keys, recursively resolved, with this file's keys over them. A block (a JSON object,
-    e.g. ``"ssl"``) is merged key by key, so a seed repeat can move ``ssl.run_dir`` alone; any other
-    value replaces the base's. ``name`` defaults to the file's stem, never inherited."""
-    own = json.loads(path.read_text())
-    own.setdefault("name", path.stem)
-    if "base" not in own:
-        return own
-    return _merged(load_config(path.parent / own.pop("base")), own)
-
-
-def _merged(base: dict, own: dict) -> dict:
-    out = dict(base)
-    for key, value in own.items():
-        out[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
     return out
 
 

@@ -5,7 +5,8 @@ recipe and the limits. Written from ``metadata.json`` and the committed result f
 
 ``config["card"]`` keys: ``crossval`` (result files of ``crossval --evaluate``, the first one with
 the baseline and the shipped model), ``arm_names`` (``{arm: text}`` shown instead of the internal
-arm name), ``timing`` (a participant benchmark text file, optional), ``notes`` (paragraphs).
+arm name), ``seed_repeats`` (``[[arm, the same arm with another seed], ...]``, shown as the seed
+noise; optional), ``timing`` (a participant benchmark text file, optional), ``notes`` (paragraphs).
 """
 
 from __future__ import annotations
@@ -72,6 +73,18 @@ def strategy_table(arms: dict[str, list[dict]]) -> str:
                            "mean abs volume error %"], rows)
 
 
+def seed_table(arms: dict[str, list[dict]], repeats: list[list[str]]) -> str:
+    """One row per recipe trained with two seeds (``repeats``: ``[[arm, arm with the other seed], ...]``,
+    card arm names): each mean for both seeds and their difference, the seed noise of the table."""
+    keys = [("dice_1mm", "Dice 1 mm"), ("dice_ms3seg", "Dice MS3SEG"), ("dice", "Dice all"),
+            ("lesion_f1", "lesion F1"), ("small_recall", "recall 3-50 mm^3")]
+    rows = []
+    for a, b in repeats:
+        sa, sb = arm_stats(arms[a]), arm_stats(arms[b])
+        rows.append([a] + [f"{_f(sa[k])} / {_f(sb[k])} ({_f(sb[k] - sa[k], 3)})" for k, _ in keys])
+    return markdown_table(["recipe (first seed / second seed (difference))", *(n for _, n in keys)], rows)
+
+
 def patient_table(arms: dict[str, list[dict]]) -> str:
     subjects = sorted({r["subject"] for rs in arms.values() for r in rs})
     rows = []
@@ -93,6 +106,14 @@ def above_baseline(arms: dict[str, list[dict]], arm: str) -> tuple[int, int, lis
     mine = [r for r in arms[arm] if r.get("seen_in_training", "none") == "none"]
     below = [r["subject"] for r in mine if r["dice"] <= base.get(r["subject"], -1)]
     return len(mine) - len(below), len(mine), below
+
+
+def _seed_section(arms: dict[str, list[dict]], card: dict) -> str:
+    if not card.get("seed_repeats"):
+        return ""
+    return ("\n**Seed noise.** The same recipe, folds and cache trained again with another seed (sampling, "
+            "initialisation, augmentation and, where there is one, the pre-training all change):\n\n"
+            + seed_table(arms, card["seed_repeats"]) + "\n")
 
 
 def _not_in_model(config: dict) -> str:
@@ -164,7 +185,7 @@ model never saw; a fold's probability threshold is chosen on the other folds' pa
 The shipped 0.1.0 model is scored on the patients it never saw (it trained on `sub-ms07` and `sub-isbi03`).
 
 {strategy_table(arms)}
-
+{_seed_section(arms, card)}
 ## Every patient
 
 Cells: Dice / lesion-wise F1 / predicted mL.
