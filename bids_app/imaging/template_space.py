@@ -86,7 +86,8 @@ def to_template_space(
        (:func:`compose_affine`). (Mutual information between a FLAIR and the template T1w, with the
        old eroded mask, inflated every bids-dev brain by 7-40 % linear, measured against the brain
        outline; started from this result an MI affine drifted again by 5-10 % in scale, so MI is
-       not allowed to change the scale.) Always one thread, so that the
+       not allowed to change the scale.) Metric sampling per level: :data:`OUTLINE_SAMPLING` and
+       :data:`INNER_SAMPLING`. Always one thread, so that the
        result is reproducible (see the module docstring); N4 likewise (its result changes slightly
        with the thread count), so ``threads`` only applies to the resampling.
     3. Linear resampling of the bias-corrected image onto the 1 mm template grid, then
