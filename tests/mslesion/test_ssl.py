@@ -130,6 +130,8 @@ def test_arm_configs_extend_their_base_and_differ_only_by_what_they_add():
                                                         "generic_iterations", "threads", "baseline", "shipped_model"}
     assert {k for k in s1 if s1[k] != s0.get(k)} == {"name", "_comment", "run_dir", "ssl"}
     assert {k for k in s2 if s2[k] != s1.get(k)} == {"name", "_comment", "run_dir", "mean_teacher"}
+    off = load_config(d / "ssl0_noprior.json")
+    assert {k for k in off if off[k] != s0.get(k)} == {"name", "_comment", "run_dir", "prior"} and not off["prior"]
 
 
 def test_seed_repeats_change_only_the_seed_and_where_they_write():
