@@ -226,6 +226,25 @@ def _lesion_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids, counts[ids]
 
 
+def white_matter_components(mask: np.ndarray, wm: np.ndarray, min_mean_wm: float) -> np.ndarray:
+    """``mask`` without its 26-connected components whose mean white-matter probability ``wm`` (same
+    grid, in [0, 1], e.g. the template WM carried to the FLAIR) is below ``min_mean_wm``.
+
+    Non-MS hyperintensities (CSF partial volume in sulci and beside the ventricles, cortical and
+    deep-grey spots) sit mostly outside the white matter, MS lesions mostly inside it: on bids-dev
+    only 1.4 % of the manual lesion volume lies in components whose mean template WM probability is
+    below 0.3, against 25 % of the manually marked non-MS hyperintensities (0.4: 2.8 % vs 39 %).
+    """
+
+    mask = np.asarray(mask, bool)
+    if min_mean_wm <= 0 or not mask.any():
+        return mask
+    labels, n = ndimage.label(mask, np.ones((3, 3, 3)))
+    mean_wm = np.asarray(ndimage.mean(np.asarray(wm, np.float64), labels, np.arange(1, n + 1)))
+    keep = np.concatenate([[False], mean_wm >= min_mean_wm])
+    return keep[labels]
+
+
 def lesion_table(labels: np.ndarray, zooms, affine: np.ndarray | None = None) -> list[dict]:
     """One row per lesion of a label image: size, and centroid in voxels (and world mm with ``affine``).
 

@@ -89,6 +89,13 @@ def test_score_map_scores_on_the_native_grid_and_the_nwmh_fraction(tmp_path):
     assert at[0.4]["recall"] == 1.0 and at[0.5]["recall"] == 0.0 and at[0.5]["dice"] == 0.0
     assert at[0.4]["nwmh_fraction"] == at[0.5]["nwmh_fraction"] == 0.5
     assert at[0.4]["volume_error_percent"] == pytest.approx(50.0)
+    # With white matter only around the true lesion, the predicted nWMH blob is dropped.
+    wm = np.zeros_like(grid); wm[3:11, 3:11, 3:11] = 0.9
+    at = {r["threshold"]: r for r in score_map(prob, case, sitk.Transform(3, sitk.sitkIdentity), tpl_img, [0.4],
+                                               "m", wm, 0.3)}
+    assert at[0.4]["dice"] == 1.0 and at[0.4]["nwmh_fraction"] == 0.0
+    with pytest.raises(ValueError, match="wm"):
+        score_map(prob, case, sitk.Transform(3, sitk.sitkIdentity), tpl_img, [0.4], "m", None, 0.3)
 
 
 def _row(subject, fold, t, dice, site="MS3SEG-raw"):

@@ -329,3 +329,19 @@ def test_lesion_report_counts_regions_and_validates_against_references():
     (v,) = validation
     assert v["reference"] == "rater1" and v["dice"] == pytest.approx(2 * 125 / (152 + 125))
     assert v["lesion_recall"] == 1.0 and v["lesion_precision"] == 0.5
+
+
+def test_lesions_lying_mostly_outside_the_white_matter_are_dropped():
+    from bids_app.mslesion.measures import white_matter_components
+
+    wm = np.zeros((20, 20, 20))
+    wm[:10] = 0.9  # white matter in the first half
+    mask = np.zeros(wm.shape, bool)
+    mask[2:5, 2:5, 2:5] = True        # inside: mean WM 0.9
+    mask[8:12, 8:10, 8:10] = True     # straddles: half inside, mean 0.45
+    mask[15:18, 15:18, 15:18] = True  # outside: mean 0
+    kept = white_matter_components(mask, wm, 0.4)
+    assert kept[3, 3, 3] and kept[9, 9, 9] and not kept[16, 16, 16]
+    kept = white_matter_components(mask, wm, 0.5)
+    assert kept[3, 3, 3] and not kept[9, 9, 9] and kept.sum() == 27
+    assert np.array_equal(white_matter_components(mask, wm, 0.0), mask)  # 0: off

@@ -140,7 +140,8 @@ def registered(case: dict, config: dict, tpl: dict) -> tuple[np.ndarray, sitk.Tr
 
 
 def score_map(prob: np.ndarray, case: dict, transform: sitk.Transform, tpl_img: sitk.Image,
-              thresholds: list[float], model: str) -> list[dict]:
+              thresholds: list[float], model: str, wm: np.ndarray | None = None,
+              min_mean_wm: float = 0.0) -> list[dict]:
     """Rows scoring a template-grid map ``prob`` ``(X, Y, Z)`` in [0, 1] on the native FLAIR grid.
 
     The map is resampled once (linear, the inverse of the case's template transform), then for
@@ -149,18 +150,30 @@ def score_map(prob: np.ndarray, case: dict, transform: sitk.Transform, tpl_img: 
     ``small_recall`` (fraction of manual lesions of :data:`SMALL_LESION_MM3` touched by the
     prediction; NaN without any), ``volume_error_percent`` (``100 (V_pred - V_manual) / V_manual``),
     ``nwmh_fraction`` (voxels of the non-MS hyperintensity mask labelled lesion / its voxels;
-    NaN without one).
+    NaN without one). With ``min_mean_wm`` > 0 and the template WM probability ``wm`` ``(X, Y, Z)``,
+    predicted lesions whose mean WM probability (``wm`` carried to the native grid) is below it are
+    dropped first (:func:`bids_app.mslesion.measures.white_matter_components`).
     """
     flair = sitk.ReadImage(case["flair"])
     img = sitk.GetImageFromArray(np.transpose(prob.astype(np.float32), (2, 1, 0)))
     img.CopyInformation(tpl_img)
     native = np.transpose(sitk.GetArrayFromImage(resample_to(img, flair, transform.GetInverse(), "linear")), (2, 1, 0))
+    wm_native = None
+    if min_mean_wm > 0:
+        if wm is None:
+            raise ValueError("min_mean_wm needs the template WM probability wm.")
+        w = sitk.GetImageFromArray(np.transpose(wm.astype(np.float32), (2, 1, 0)))
+        w.CopyInformation(tpl_img)
+        wm_native = np.transpose(sitk.GetArrayFromImage(resample_to(w, flair, transform.GetInverse(), "linear")),
+                                 (2, 1, 0))
     zooms = flair.GetSpacing()
     nwmh = np.asarray(nib.load(case["nwmh"]).dataobj) > 0 if case.get("nwmh") else None
     truths = [(Path(p).name, np.asarray(nib.load(p).dataobj) > 0) for p in case["labels"]]
     rows = []
     for t in thresholds:
         pred = native >= t
+        if wm_native is not None:
+            pred = measures.white_matter_components(pred, wm_native, min_mean_wm)
         for name, truth in truths:
             m = measures.segmentation_metrics(pred, truth, zooms)
             rows.append({
@@ -275,6 +288,8 @@ def evaluate(config: dict, folds: list[str] | None = None) -> dict:
     assignment = fold_of(config)
     thresholds = config["thresholds"]
     region = search_region(tpl["wm"], dilation_mm=config["search_dilation_mm"])
+    # Post-processing of the networks' masks (not the baseline's): lesions mostly outside the WM dropped.
+    min_wm = float(config.get("component_min_wm", 0.0))
     rows: list[dict] = []
     trained, loaded = {}, {}
     for f in folds or sorted(config["folds"]):
@@ -306,7 +321,7 @@ def evaluate(config: dict, folds: list[str] | None = None) -> dict:
             for member, prob in maps.items():
                 rows += [{**r, "fold": f, "seen_in_training": "none"}
                          for r in score_map(prob * region, case, transform, tpl_img, thresholds,
-                                            f"{config['name']} {member}")]
+                                            f"{config['name']} {member}", tpl["wm"], min_wm)]
         for t in BASELINE_GRID["flair_iqr"] if config.get("baseline", True) else ():
             for w in BASELINE_GRID["template_wm"]:
                 mask = intensity_baseline(image, tpl["wm"], t, w)
