@@ -138,7 +138,7 @@ def test_seed_repeats_change_only_the_seed_and_where_they_write():
     from training.common.paths import ROOT
 
     d = ROOT / "training/mslesion/configs"
-    for arm in ("ssl0", "ssl1", "ssl2"):
+    for arm in ("ssl0", "ssl1", "ssl2", "ssl0_noprior"):
         base, repeat = load_config(d / f"{arm}.json"), load_config(d / f"{arm}_seed8.json")
         assert {k for k in repeat if repeat[k] != base.get(k)} <= {"name", "_comment", "run_dir", "seed", "ssl"}
         assert repeat["seed"] != base["seed"] and repeat["run_dir"] != base["run_dir"]
