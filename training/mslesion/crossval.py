@@ -37,7 +37,7 @@ import SimpleITK as sitk
 
 from bids_app.imaging.grid import resample_to
 from bids_app.mslesion import measures
-from training.common.configs import load_config  # noqa: F401  (re-exported: the CLI and tests use it)
+from training.common.configs import load_config
 from training.common.logs import setup_logging
 from training.common.paths import ROOT
 from training.mslesion import RESULTS
@@ -155,17 +155,17 @@ def score_map(prob: np.ndarray, case: dict, transform: sitk.Transform, tpl_img: 
     dropped first (:func:`bids_app.mslesion.measures.white_matter_components`).
     """
     flair = sitk.ReadImage(case["flair"])
-    img = sitk.GetImageFromArray(np.transpose(prob.astype(np.float32), (2, 1, 0)))
-    img.CopyInformation(tpl_img)
-    native = np.transpose(sitk.GetArrayFromImage(resample_to(img, flair, transform.GetInverse(), "linear")), (2, 1, 0))
+    def to_native(a: np.ndarray) -> np.ndarray:
+        img = sitk.GetImageFromArray(np.transpose(a.astype(np.float32), (2, 1, 0)))
+        img.CopyInformation(tpl_img)
+        return np.transpose(sitk.GetArrayFromImage(resample_to(img, flair, transform.GetInverse(), "linear")), (2, 1, 0))
+
+    native = to_native(prob)
     wm_native = None
     if min_mean_wm > 0:
         if wm is None:
             raise ValueError("min_mean_wm needs the template WM probability wm.")
-        w = sitk.GetImageFromArray(np.transpose(wm.astype(np.float32), (2, 1, 0)))
-        w.CopyInformation(tpl_img)
-        wm_native = np.transpose(sitk.GetArrayFromImage(resample_to(w, flair, transform.GetInverse(), "linear")),
-                                 (2, 1, 0))
+        wm_native = to_native(wm)
     zooms = flair.GetSpacing()
     nwmh = np.asarray(nib.load(case["nwmh"]).dataobj) > 0 if case.get("nwmh") else None
     truths = [(Path(p).name, np.asarray(nib.load(p).dataobj) > 0) for p in case["labels"]]
