@@ -21,8 +21,8 @@ LOGGER = logging.getLogger(__name__)
 #: Metric sampling of the two template registrations, per level (coarse to fine: 8, 4, 2 mm; see
 #: :mod:`bids_app.imaging.registration`), as the fraction of the 2 mm grid's voxels drawn. The finest
 #: level costs most; drawing 10 % (outline) and 15 % (inner) there instead of 50 % cut the
-#: registration of the labelled dev FLAIRs from 20-63 s to 10-21 s (idle, 2 threads) and moved the transforms by less
-#: than changing the old setting's random seed did (``benchmarks/registration.py``).
+#: registration of the labelled dev FLAIRs from 20-63 s to 10-21 s (idle, 2 threads) and moved the transforms by 0.2-2.9
+#: mm, as much as the old setting moves between two random seeds (``benchmarks/registration.py``).
 OUTLINE_SAMPLING = (0.5, 0.5, 0.1)
 INNER_SAMPLING = (0.5, 0.5, 0.15)
 
