@@ -166,9 +166,16 @@ def test_the_card_puts_the_summary_first_and_states_each_target_from_the_rows(tm
     assert "| non-MS hyperintensities labelled lesion <= 15 % | yes |" in text
     assert "Self-supervised pre-training, mean-teacher semi-supervised fine-tuning and synthesis on the 39 real " \
            "anatomies are measured in the strategy table but not in this model." in " ".join(lines)
-    config.update(ssl={"iterations": 1}, synthseg_canvases=4)
+    assert "fused; FLAIR + global-binary-mask prior |" in text and "Self-supervised pre-training of" not in text
+    config.update(ssl={"iterations": 3, "batch": 2, "scans": ["sub-u/anat/sub-u_T2w.nii.gz"],
+                       "weights": {"inpaint": 1.0, "rotation": 0.0, "contrast": 1.0}},
+                  synthseg_canvases=4, prior=False)
+    config["card"]["crossval_config"] = "cv9.json"
     text = " ".join(write_cv_card(config, "cv ensemble (cross-validated)").read_text().splitlines())
     assert "Mean-teacher semi-supervised fine-tuning is measured in the strategy table but not in this model." in text
+    assert "pre-training of the generic net first (inpaint, contrast; 3 iterations, batch 2)" in text
+    assert "(sub-u_T2w)" in text and "fused; FLAIR alone" in text and "no prior channel" in text
+    assert "crossval cv9.json --prepare" in text
 
 
 def test_the_seed_table_shows_both_seeds_and_their_difference():

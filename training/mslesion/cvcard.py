@@ -6,7 +6,8 @@ recipe and the limits. Written from ``metadata.json`` and the committed result f
 ``config["card"]`` keys: ``crossval`` (result files of ``crossval --evaluate``, the first one with
 the baseline and the shipped model), ``arm_names`` (``{arm: text}`` shown instead of the internal
 arm name), ``seed_repeats`` (``[[arm, the same arm with another seed], ...]``, shown as the seed
-noise; optional), ``timing`` (a participant benchmark text file, optional), ``notes`` (paragraphs).
+noise; optional), ``timing`` (a participant benchmark text file, optional), ``notes`` (paragraphs),
+``crossval_config`` (the cross-validation config of the final arm, quoted in the recipe; default cv2.json).
 """
 
 from __future__ import annotations
@@ -128,6 +129,25 @@ def _not_in_model(config: dict) -> str:
             f"{'are' if len(missing) > 1 else 'is'} measured in the strategy table but not in this model.").capitalize()
 
 
+def _inputs(config: dict) -> str:
+    """The card's words on the input channels (with or without the global-binary-mask prior)."""
+    if config.get("prior", True):
+        return "FLAIR + global-binary-mask prior"
+    return "FLAIR alone (the global-binary-mask prior channel off: the ablation favoured it, see the notes)"
+
+
+def _ssl_recipe(config: dict) -> str:
+    """The card's recipe line on the self-supervised pre-training (empty without one)."""
+    ssl = config.get("ssl")
+    if not ssl:
+        return ""
+    scans = ", ".join(Path(s).name.removesuffix(".nii.gz") for s in ssl["scans"])
+    tasks = ", ".join(k for k, w in ssl.get("weights", {}).items() if w)
+    return (f"- Self-supervised pre-training of the generic net first ({tasks}; {ssl['iterations']} iterations, "
+            f"batch {ssl['batch']}) on unlabelled real scans of any contrast ({scans}) and template synthesis "
+            f"({int(100 * ssl.get('synthetic_fraction', 0.3))} % of patches); no labelled patient is in it.\n")
+
+
 def write_cv_card(config: dict, final_arm: str) -> Path:
     """``<export_dir>/README.md`` for a model whose accuracy is the cross-validated arm ``final_arm``."""
     out = ROOT / config["export_dir"]
@@ -149,7 +169,7 @@ def write_cv_card(config: dict, final_arm: str) -> Path:
               + (ROOT / card["timing"]).read_text().strip() + "\n```") if card.get("timing") else "not measured"
     summary_rows = [
         ["what", f"DeepLesionBrain-style ensemble: a generic 3D UNet and {len(meta['ensemble']['boxes'])} sub-volume "
-                 "specialists grown from it, fused; FLAIR + global-binary-mask prior"],
+                 "specialists grown from it, fused; " + _inputs(config)],
         ["trained on", f"{len(labelled)} labelled real patients, {len(config['real_canvases'])} unlabelled FLAIRs, "
                        "real lesion shapes pasted into real and synthetic canvases"],
         ["status", meta.get("status", "experimental") + ": " + ("all acceptance targets met" if all(met.values())
@@ -201,18 +221,18 @@ sub-volume; their maps are fused by a weighted mean with a cosine taper. The app
 members' spread as an uncertainty map.
 
 Inputs: the FLAIR after N4, affine registration to the template and `(x - median) / IQR` inside the
-template brain mask; the template white-matter mask (probability >= 0.5) as the global-binary-mask
-prior (Hertel et al.). Channels: {', '.join(meta['input']['channels'])}.
+template brain mask{'; the template white-matter mask (probability >= 0.5) as the global-binary-mask prior (Hertel et al.)' if config.get('prior', True) else ' (no prior channel; the template WM still bounds the search region)'}.
+Channels: {', '.join(meta['input']['channels'])}.
 Output: lesion probability inside the template WM dilated by {config['search_dilation_mm']} mm, resampled
 to the FLAIR grid, thresholded at {meta['output']['threshold']} (the threshold with the best mean
 cross-validated Dice over all folds); lesions under {meta['output']['min_lesion_mm3']} mm^3 are dropped.
 
 ## Training data and recipe (`{meta['training']['config']}`)
 `python -m training.mslesion {meta['training']['config']}` (resumable), then `--export`; the
-cross-validation: `python -m training.mslesion.crossval training/mslesion/configs/cv2.json --prepare`,
+cross-validation: `python -m training.mslesion.crossval {card.get('crossval_config', 'training/mslesion/configs/cv2.json')} --prepare`,
 `--train A` ... `--train D`, `--evaluate`, `--table RESULT_JSON`.
 
-- Labelled real scans ({len(labelled)}): {', '.join(Path(c).name.removesuffix('_FLAIR.nii.gz') for c in labelled)}; their
+{_ssl_recipe(config)}- Labelled real scans ({len(labelled)}): {', '.join(Path(c).name.removesuffix('_FLAIR.nii.gz') for c in labelled)}; their
   manual lesions (mean of the raters, carried to the template: a soft target) are the targets; 70 % of
   their patches are centred on a lesion ({config.get('centre_on', 'voxel')} sampling); half keep only the real lesions.
 - Unlabelled real FLAIRs ({', '.join(Path(c).name for c in config['real_canvases'])}): real lesion shapes
