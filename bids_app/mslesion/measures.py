@@ -352,3 +352,22 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, zooms,
         n_truth=n_truth, n_pred=n_pred, n_truth_detected=detected, n_pred_true_positive=true_pred,
         false_negatives=n_truth - detected, false_positives=n_pred - true_pred,
         lesion_precision=precision, lesion_recall=recall, lesion_f1=f1))
+
+
+#: Lesions of this volume range (mm^3, on the manual mask's grid) are the "small" ones whose lesion-wise
+#: recall the cross-validation reports apart: the 3 mm^3 floor is the app's minimum lesion size.
+SMALL_LESION_MM3 = (3.0, 50.0)
+
+
+def small_lesion_recall(pred: np.ndarray, truth: np.ndarray, zooms, volume_mm3=SMALL_LESION_MM3) -> float:
+    """Fraction of the manual lesions (26-connected components of ``truth``) whose volume lies in
+    ``volume_mm3`` (inclusive, mm^3) that share at least one voxel with ``pred``; NaN when there is none."""
+    lab, n = ndimage.label(truth, np.ones((3, 3, 3)))
+    if n == 0:
+        return math.nan
+    vol = np.bincount(lab.ravel(), minlength=n + 1)[1:] * voxel_volume_mm3(zooms)
+    small = np.flatnonzero((vol >= volume_mm3[0]) & (vol <= volume_mm3[1])) + 1
+    if small.size == 0:
+        return math.nan
+    hit = np.unique(lab[pred & (lab > 0)])
+    return float(np.isin(small, hit).mean())

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from bids_app.mslesion.measures import small_lesion_recall
 from training.mslesion.crossval import (
-    case_means, choose_thresholds, fold_config, held_out_rows, labelled_cases, markdown, score_map,
-    small_lesion_recall, summary)
+    case_means, choose_thresholds, fold_config, held_out_rows, labelled_cases, merge, score_map, summary)
+from training.mslesion.cvcard import markdown
 
 
 def _nii(path, data, zooms=(1.0, 1.0, 1.0)):
@@ -186,3 +187,21 @@ def test_the_seed_table_shows_both_seeds_and_their_difference():
                  "nwmh_fraction": math.nan, "volume_error_percent": 0.0}]
     text = seed_table({"r": arm(0.5, 0.4), "r (seed 8)": arm(0.45, 0.5)}, [["r", "r (seed 8)"]])
     assert "| r | 0.500 / 0.450 (-0.050) | n/a / n/a (n/a) | 0.500 / 0.450 (-0.050) | 0.400 / 0.500 (0.100) |" in text
+
+
+def test_partial_evaluations_merge_into_one_result_and_a_fold_is_never_counted_twice(tmp_path, monkeypatch):
+    import training.mslesion.crossval as crossval
+
+    monkeypatch.setattr(crossval, "RESULTS", tmp_path)
+    parts = []
+    for folds in ("A", "B"):
+        part = tmp_path / f"cv_part_{folds}.json"
+        part.write_text(json.dumps({"config": "cv", "rows": [{**_row("p" + folds, folds, 0.5, 0.6), "model": "cv generic"}]}))
+        parts.append(part)
+    out = merge({"name": "cv"}, parts)
+    assert [r["fold"] for r in out["rows"]] == ["A", "B"] and out["merged_from"] == ["cv_part_A.json", "cv_part_B.json"]
+    assert json.loads(next(tmp_path.glob("cv_2*.json")).read_text())["rows"] == out["rows"]
+    with pytest.raises(SystemExit, match="fold"):
+        merge({"name": "cv"}, [parts[0], parts[0]])
+    with pytest.raises(SystemExit, match="not 'other'"):
+        merge({"name": "other"}, parts)

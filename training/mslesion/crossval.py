@@ -18,6 +18,7 @@ fold on the *other* folds' held-out patients (:func:`choose_thresholds`), never 
     python -m training.mslesion.crossval CONFIG --prepare           register every scan once (cache)
     python -m training.mslesion.crossval CONFIG --train FOLD        train one fold (resumable)
     python -m training.mslesion.crossval CONFIG --evaluate          score folds, baseline, shipped model
+    python -m training.mslesion.crossval CONFIG --merge PART ...    join partial (--folds) evaluations
     python -m training.mslesion.crossval CONFIG --table             the summary (markdown) from the rows
 """
 
@@ -43,11 +44,6 @@ from training.common.paths import ROOT
 from training.mslesion import RESULTS
 
 LOGGER = logging.getLogger("training.mslesion")
-
-#: Lesions of this volume range (mm^3, on the manual mask's grid) are the "small" ones whose
-#: lesion-wise recall is reported apart: the 3 mm^3 floor is the app's minimum lesion size.
-SMALL_LESION_MM3 = (3.0, 50.0)
-
 
 def labelled_cases(d: Path) -> list[dict]:
     """Every labelled FLAIR under the BIDS root ``d``, one dict per patient, sorted by subject.
@@ -147,8 +143,8 @@ def score_map(prob: np.ndarray, case: dict, transform: sitk.Transform, tpl_img: 
     The map is resampled once (linear, the inverse of the case's template transform), then for
     every threshold and every rater one row: ``dice, lesion_f1, precision, recall`` (lesions of at
     least the app's 3 mm^3, 26-connected, :func:`bids_app.mslesion.measures.segmentation_metrics`),
-    ``small_recall`` (fraction of manual lesions of :data:`SMALL_LESION_MM3` touched by the
-    prediction; NaN without any), ``volume_error_percent`` (``100 (V_pred - V_manual) / V_manual``),
+    ``small_recall`` (fraction of manual lesions of :data:`~bids_app.mslesion.measures.SMALL_LESION_MM3`
+    touched by the prediction; NaN without any), ``volume_error_percent`` (``100 (V_pred - V_manual) / V_manual``),
     ``nwmh_fraction`` (voxels of the non-MS hyperintensity mask labelled lesion / its voxels;
     NaN without one). With ``min_mean_wm`` > 0 and the template WM probability ``wm`` ``(X, Y, Z)``,
     predicted lesions whose mean WM probability (``wm`` carried to the native grid) is below it are
@@ -180,7 +176,7 @@ def score_map(prob: np.ndarray, case: dict, transform: sitk.Transform, tpl_img: 
                 "subject": case["subject"], "site": case["site"], "reference": name, "model": model,
                 "threshold": t, "dice": round(m["dice"], 4), "lesion_f1": round(m["lesion_f1"], 4),
                 "precision": round(m["lesion_precision"], 4), "recall": round(m["lesion_recall"], 4),
-                "small_recall": _round(small_lesion_recall(pred, truth, zooms)),
+                "small_recall": _round(measures.small_lesion_recall(pred, truth, zooms)),
                 "volume_error_percent": _round(m["volume_error_percent"], 1),
                 "pred_ml": round(m["pred_volume_ml"], 3), "truth_ml": round(m["truth_volume_ml"], 3),
                 "nwmh_fraction": _round(float((pred & nwmh).sum() / max(nwmh.sum(), 1))) if nwmh is not None
@@ -190,22 +186,6 @@ def score_map(prob: np.ndarray, case: dict, transform: sitk.Transform, tpl_img: 
 
 def _round(x: float, n: int = 4) -> float:
     return x if math.isnan(x) else round(float(x), n)
-
-
-def small_lesion_recall(pred: np.ndarray, truth: np.ndarray, zooms, volume_mm3=SMALL_LESION_MM3) -> float:
-    """Fraction of the manual lesions (26-connected components of ``truth``) whose volume lies in
-    ``volume_mm3`` (inclusive, mm^3) that share at least one voxel with ``pred``; NaN when there is none."""
-    from scipy import ndimage
-
-    lab, n = ndimage.label(truth, np.ones((3, 3, 3)))
-    if n == 0:
-        return math.nan
-    vol = np.bincount(lab.ravel(), minlength=n + 1)[1:] * measures.voxel_volume_mm3(zooms)
-    small = np.flatnonzero((vol >= volume_mm3[0]) & (vol <= volume_mm3[1])) + 1
-    if small.size == 0:
-        return math.nan
-    hit = np.unique(lab[pred & (lab > 0)])
-    return float(np.isin(small, hit).mean())
 
 
 def case_means(rows: list[dict]) -> list[dict]:
@@ -334,11 +314,32 @@ def evaluate(config: dict, folds: list[str] | None = None) -> dict:
                      for r in score_map(prob, case, transform, tpl_img, [meta["output"]["threshold"]],
                                         f"shipped {meta['version']}")]
         LOGGER.info("%s scored (fold %s)", case["subject"], f)
-    out = {"config": config["name"], "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    path = RESULTS / f"{config['name']}_{out['date']}{'_folds-' + ''.join(folds) if folds else ''}.json"
+    return _write(config, rows, "_folds-" + "".join(folds) if folds else "")
+
+
+def _write(config: dict, rows: list[dict], suffix: str = "", **extra) -> dict:
+    """``RESULTS/<name>_<date><suffix>.json`` with the rows (and ``extra`` keys); returns its content."""
+    out = {"config": config["name"], "date": time.strftime("%Y-%m-%d"), "rows": rows, **extra}
+    path = RESULTS / f"{config['name']}_{out['date']}{suffix}.json"
     path.write_text(json.dumps(out, indent=0) + "\n")
     LOGGER.info("wrote %s", path)
     return out
+
+
+def merge(config: dict, paths: list[Path]) -> dict:
+    """Partial ``--evaluate --folds`` results of one config (each fold once) joined into
+    ``RESULTS/<name>_<date>.json``, as one ``--evaluate`` would write it: folds scored as they finish."""
+    rows, seen = [], set()
+    for path in paths:
+        res = json.loads(path.read_text())
+        if res["config"] != config["name"]:
+            raise SystemExit(f"{path} holds results of {res['config']!r}, not {config['name']!r}: merge only one config's folds.")
+        folds = {r["fold"] for r in res["rows"] if "fold" in r}
+        if folds & seen:
+            raise SystemExit(f"{path} scores fold(s) {sorted(folds & seen)} again: merge each fold once.")
+        seen |= folds
+        rows += res["rows"]
+    return _write(config, rows, merged_from=[p.name for p in paths])
 
 
 def summary(rows: list[dict], name: str) -> dict[str, list[dict]]:
@@ -361,14 +362,6 @@ def summary(rows: list[dict], name: str) -> dict[str, list[dict]]:
     return arms
 
 
-def markdown(arms: dict[str, list[dict]]) -> str:
-    """The strategy table and the per-patient table of :mod:`training.mslesion.cvcard`."""
-    from training.mslesion.cvcard import patient_table, strategy_table
-
-    return (strategy_table(arms) + "\n\n" + patient_table(arms)
-            + "\n\nCells: Dice / lesion-wise F1 / predicted mL on the native FLAIR grid (mean of raters).\n")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.mslesion.crossval")
     ap.add_argument("config", type=Path)
@@ -376,6 +369,8 @@ def main(argv=None) -> int:
     ap.add_argument("--train", metavar="FOLD")
     ap.add_argument("--evaluate", action="store_true")
     ap.add_argument("--folds", nargs="+", help="with --evaluate: only these folds")
+    ap.add_argument("--merge", nargs="+", type=Path, metavar="RESULT_JSON",
+                    help="join partial --evaluate --folds results of this config into one result file")
     ap.add_argument("--table", type=Path, metavar="ROWS_JSON", help="print the summary of an --evaluate result")
     args = ap.parse_args(argv)
     setup_logging()
@@ -388,7 +383,11 @@ def main(argv=None) -> int:
         run(fold_config(config, args.train, labelled_cases(Path(config["bids_dir"]))))
     if args.evaluate:
         evaluate(config, args.folds)
+    if args.merge:
+        merge(config, args.merge)
     if args.table:
+        from training.mslesion.cvcard import markdown
+
         rows = json.loads(args.table.read_text())["rows"]
         text = markdown(summary(rows, config["name"]))
         (args.table.with_suffix(".md")).write_text(text)

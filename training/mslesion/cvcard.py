@@ -109,6 +109,12 @@ def above_baseline(arms: dict[str, list[dict]], arm: str) -> tuple[int, int, lis
     return len(mine) - len(below), len(mine), below
 
 
+def markdown(arms: dict[str, list[dict]]) -> str:
+    """The strategy table and the per-patient table (``crossval --table``)."""
+    return (strategy_table(arms) + "\n\n" + patient_table(arms)
+            + "\n\nCells: Dice / lesion-wise F1 / predicted mL on the native FLAIR grid (mean of raters).\n")
+
+
 def _seed_section(arms: dict[str, list[dict]], card: dict) -> str:
     if not card.get("seed_repeats"):
         return ""
