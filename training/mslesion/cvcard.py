@@ -139,7 +139,7 @@ def _inputs(config: dict) -> str:
     """The card's words on the input channels (with or without the global-binary-mask prior)."""
     if config.get("prior", True):
         return "FLAIR + global-binary-mask prior"
-    return "FLAIR alone (the global-binary-mask prior channel off: the ablation favoured it, see the notes)"
+    return "FLAIR alone (no global-binary-mask prior channel)"
 
 
 def _ssl_recipe(config: dict) -> str:
