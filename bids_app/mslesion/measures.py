@@ -246,6 +246,26 @@ def white_matter_components(mask: np.ndarray, wm: np.ndarray, min_mean_wm: float
     return keep[labels]
 
 
+def hysteresis_components(prob: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Boolean ``(X, Y, Z)``: the 26-connected components of ``prob >= low`` that hold at least one
+    voxel ``>= high`` (hysteresis thresholding; ``low <= high``, probabilities in [0, 1]).
+
+    A lesion then needs a confident core (``high``) but keeps its fainter rim (down to ``low``): on a
+    thick-slice FLAIR a lesion's edge voxels are partial-volumed, and a single threshold that keeps
+    them also keeps faint false positives elsewhere. ``low == high`` is plain thresholding.
+    """
+    if not 0.0 <= low <= high:
+        raise ValueError(f"hysteresis thresholds low={low!r} and high={high!r} need 0 <= low <= high.")
+    prob = np.asarray(prob)
+    candidate = prob >= low
+    if low == high or not candidate.any():
+        return candidate
+    labels, n = ndimage.label(candidate, np.ones((3, 3, 3)))
+    peaks = np.asarray(ndimage.maximum(prob, labels, np.arange(1, n + 1)))
+    keep = np.concatenate([[False], peaks >= high])
+    return keep[labels]
+
+
 def lesion_table(labels: np.ndarray, zooms, affine: np.ndarray | None = None) -> list[dict]:
     """One row per lesion of a label image: size, and centroid in voxels (and world mm with ``affine``).
 

@@ -7,6 +7,12 @@ training import it.
 
 Uncertainty (:func:`predict_ensemble_with_spread`): the spread of the ensemble's members at a voxel,
 their weighted standard deviation, written beside the lesion probability by the app.
+
+Left-right flip averaging (``flip=True``; a model asks for it with ``metadata["inference"]["flip_lr"]``):
+every net also runs on the image mirrored along the first (left-right) axis, and its map, mirrored
+back, joins the members. The template (MNI152NLin2009aSym) is exactly symmetric on its grid (voxel
+``i`` mirrors to ``X - 1 - i``), so the mirrored image is a plausible brain in the same space; a
+specialist's mirrored map covers the mirrored box (:func:`mirror_box`).
 """
 
 from __future__ import annotations
@@ -76,8 +82,22 @@ def _device(net) -> torch.device:
     return next(iter(net.parameters()), torch.empty(0)).device
 
 
-def predict_generic(net, x: np.ndarray, brain: np.ndarray, roi=(96, 96, 96)) -> np.ndarray:
-    """Probability map ``(X, Y, Z)`` from one net by MONAI Gaussian sliding windows on the brain box."""
+def mirror_box(box: tuple[slice, ...], size_x: int) -> tuple[slice, ...]:
+    """``box`` reflected along the first axis of a grid ``size_x`` voxels wide (voxel ``i`` -> ``size_x - 1 - i``)."""
+    sx = box[0]
+    return (slice(size_x - sx.stop, size_x - sx.start), *box[1:])
+
+
+def _mirrored(x: np.ndarray, axis: int) -> np.ndarray:
+    return np.ascontiguousarray(np.flip(x, axis))
+
+
+def predict_generic(net, x: np.ndarray, brain: np.ndarray, roi=(96, 96, 96), flip: bool = False) -> np.ndarray:
+    """Probability map ``(X, Y, Z)`` from one net by MONAI Gaussian sliding windows on the brain box;
+    with ``flip``, the mean of that map and the map of the left-right mirrored input, mirrored back."""
+    if flip:
+        mirrored = predict_generic(net, _mirrored(x, 1), _mirrored(brain, 0), roi)
+        return (0.5 * (predict_generic(net, x, brain, roi) + _mirrored(mirrored, 0))).astype(np.float32)
     bbox = brain_bbox(brain)
     sub = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + bbox]))[None].to(_device(net))
     with torch.no_grad():
@@ -87,9 +107,21 @@ def predict_generic(net, x: np.ndarray, brain: np.ndarray, roi=(96, 96, 96)) -> 
     return out
 
 
-def predict_ensemble(nets, boxes, x: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """Fused probability map of the specialised nets, each run once on its whole sub-volume."""
-    return _fuse(_specialist_maps(nets, boxes, x), boxes, brain.shape)
+def predict_ensemble(nets, boxes, x: np.ndarray, brain: np.ndarray, flip: bool = False) -> np.ndarray:
+    """Fused probability map of the specialised nets, each run once on its whole sub-volume (twice
+    with ``flip``: the mirrored runs join as members on the mirrored boxes, :func:`_specialist_members`)."""
+    return _fuse(*_specialist_members(nets, boxes, x, flip), brain.shape)
+
+
+def _specialist_members(nets, boxes, x: np.ndarray, flip: bool) -> tuple[list[np.ndarray], list[tuple[slice, ...]]]:
+    """``(maps, boxes)`` of the ensemble's members: each specialist on its box of ``x``; with ``flip``
+    also each specialist on its box of the mirrored ``x``, that map mirrored back onto the mirrored box."""
+    maps, member_boxes = _specialist_maps(nets, boxes, x), list(boxes)
+    if flip:
+        size_x = x.shape[1]
+        maps += [_mirrored(m, 0) for m in _specialist_maps(nets, boxes, _mirrored(x, 1))]
+        member_boxes += [mirror_box(b, size_x) for b in boxes]
+    return maps, member_boxes
 
 
 def _specialist_maps(nets, boxes, x: np.ndarray) -> list[np.ndarray]:
@@ -114,7 +146,7 @@ def _fuse(maps, boxes, shape) -> np.ndarray:
 
 
 def predict_ensemble_with_spread(nets, boxes, x: np.ndarray, brain: np.ndarray, generic,
-                                 roi=(96, 96, 96), generic_weight: float = GENERIC_WEIGHT
+                                 roi=(96, 96, 96), generic_weight: float = GENERIC_WEIGHT, flip: bool = False
                                  ) -> tuple[np.ndarray, np.ndarray]:
     """The fused map of :func:`predict_ensemble` and the ensemble's spread, each net run once.
 
@@ -140,31 +172,42 @@ def predict_ensemble_with_spread(nets, boxes, x: np.ndarray, brain: np.ndarray, 
       with the generic net. With the generic net every voxel of the brain box has at least two
       members; a voxel with one member has spread 0, a voxel with none has 0 too.
 
+    With ``flip`` every net also runs on the mirrored ``x`` and its map, mirrored back, is one more
+    member (a specialist's on the mirrored box, the generic net's with the same ``generic_weight``);
+    ``mean`` is then :func:`predict_ensemble`'s ``flip=True`` map.
+
     Units: probability (unitless). Two members at ``p1, p2`` with weights ``w1, w2`` give
     ``|p1 - p2| sqrt(w1 w2) / (w1 + w2)``: half their difference at equal weights.
     """
     t0 = time.perf_counter()
-    maps = _specialist_maps(nets, boxes, x)
+    maps, member_boxes = _specialist_members(nets, boxes, x, flip)
     t1 = time.perf_counter()
-    generic_map = predict_generic(generic, x, brain, roi)
+    generics = [(predict_generic(generic, x, brain, roi), brain_bbox(brain))]
+    if flip:
+        mirrored_brain = _mirrored(brain, 0)
+        generics.append((_mirrored(predict_generic(generic, _mirrored(x, 1), mirrored_brain, roi), 0),
+                         mirror_box(brain_bbox(mirrored_brain), brain.shape[0])))
     t2 = time.perf_counter()
-    mean = _fuse(maps, boxes, brain.shape)
-    spread = _spread(maps, boxes, generic_map, brain_bbox(brain), generic_weight)
+    mean = _fuse(maps, member_boxes, brain.shape)
+    spread = _spread(maps, member_boxes, generics, generic_weight)
     LOGGER.debug("ensemble: %d specialists %.1f s, generic net %.1f s, fusion and spread %.1f s",
                  len(maps), t1 - t0, t2 - t1, time.perf_counter() - t2)
     return mean, spread
 
 
-def _spread(maps, boxes, generic_map: np.ndarray, generic_box: tuple[slice, ...],
+def _spread(maps, boxes, generics: list[tuple[np.ndarray, tuple[slice, ...]]],
             generic_weight: float) -> np.ndarray:
     """Weighted standard deviation ``(X, Y, Z)`` float32 of the specialists' ``maps`` (on ``boxes``,
-    taper weights) and ``generic_map`` (on ``generic_box``, weight ``generic_weight``); 0 where no member
-    reaches, and where only one does. Formula: :func:`predict_ensemble_with_spread`."""
+    taper weights) and the generic net's maps ``generics`` (``[(map (X, Y, Z), box)]``: one, two with
+    the mirrored run; each weight ``generic_weight`` on its box); 0 where no member reaches, and where
+    only one does. Formula: :func:`predict_ensemble_with_spread`."""
     weights = [taper(p.shape) for p in maps]
-    wsum = np.zeros(generic_map.shape, np.float32)
-    acc = np.zeros(generic_map.shape, np.float32)
-    wsum[generic_box] += generic_weight
-    acc[generic_box] += generic_weight * generic_map[generic_box]
+    shape = generics[0][0].shape
+    wsum = np.zeros(shape, np.float32)
+    acc = np.zeros(shape, np.float32)
+    for generic_map, generic_box in generics:
+        wsum[generic_box] += generic_weight
+        acc[generic_box] += generic_weight * generic_map[generic_box]
     for p, w, box in zip(maps, weights, boxes):
         wsum[box] += w
         acc[box] += w * p
@@ -173,7 +216,8 @@ def _spread(maps, boxes, generic_map: np.ndarray, generic_box: tuple[slice, ...]
     # Two passes (deviations about m, member by member) rather than E[p^2] - m^2: the latter cancels
     # where the members agree, float32 then gives noise of order 1e-4 instead of 0.
     dev = np.zeros_like(acc)
-    dev[generic_box] += generic_weight * (generic_map[generic_box] - m[generic_box]) ** 2
+    for generic_map, generic_box in generics:
+        dev[generic_box] += generic_weight * (generic_map[generic_box] - m[generic_box]) ** 2
     for p, w, box in zip(maps, weights, boxes):
         dev[box] += w * (p - m[box]) ** 2
     spread = np.sqrt(np.divide(dev, wsum, out=dev, where=covered), out=dev)
@@ -239,13 +283,15 @@ def lesion_probability(model, image: np.ndarray, wm: np.ndarray, brain: np.ndarr
     ``t1w``: the session's T1w on the template grid, normalised like the FLAIR
     (:func:`bids_app.imaging.template_space.companion_to_template`); used when the model has a ``T1w``
     channel, which is zeros without one (as the model saw in training), ignored otherwise.
+    Left-right flip averaging when the model asks for it (:func:`flip_lr`).
     """
     metadata, generic, specialists, boxes = model
     x = np.stack([input_channel(name, image, wm, t1w) for name in metadata["input"]["channels"]])
     if member == "ensemble":
-        prob = predict_ensemble(specialists, boxes, x, brain)
+        prob = predict_ensemble(specialists, boxes, x, brain, flip_lr(metadata))
     elif member == "generic":
-        prob = predict_generic(generic, x, brain, tuple(metadata["input"].get("roi_size", (96, 96, 96))))
+        prob = predict_generic(generic, x, brain, tuple(metadata["input"].get("roi_size", (96, 96, 96))),
+                               flip_lr(metadata))
     else:
         raise ValueError(f"member {member!r} is not 'ensemble' or 'generic'.")
     return prob * _search_region(metadata, wm)
@@ -263,9 +309,16 @@ def lesion_probability_with_spread(model, image: np.ndarray, wm: np.ndarray, bra
     metadata, generic, specialists, boxes = model
     x = np.stack([input_channel(name, image, wm, t1w) for name in metadata["input"]["channels"]])
     prob, spread = predict_ensemble_with_spread(specialists, boxes, x, brain, generic,
-                                                tuple(metadata["input"].get("roi_size", (96, 96, 96))))
+                                                tuple(metadata["input"].get("roi_size", (96, 96, 96))),
+                                                flip=flip_lr(metadata))
     region = _search_region(metadata, wm)
     return prob * region, spread * region
+
+
+def flip_lr(metadata: dict) -> bool:
+    """Whether the model's maps are averaged with its maps of the left-right mirrored image
+    (``metadata["inference"]["flip_lr"]``; absent: no, as for models exported before it existed)."""
+    return bool(metadata.get("inference", {}).get("flip_lr", False))
 
 
 def _search_region(metadata: dict, wm: np.ndarray) -> np.ndarray:

@@ -99,6 +99,24 @@ def test_score_map_scores_on_the_native_grid_and_the_nwmh_fraction(tmp_path):
         score_map(prob, case, sitk.Transform(3, sitk.sitkIdentity), tpl_img, [0.4], "m", None, 0.3)
 
 
+
+def test_the_hysteresis_arm_keeps_a_lesion_rim_that_the_plain_threshold_cuts(tmp_path):
+    grid = np.zeros((20, 20, 20), np.float32)
+    flair = tmp_path / "f.nii.gz"
+    _nii(flair, grid)
+    truth = np.zeros_like(grid); truth[4:10, 4:10, 4:10] = 1
+    _nii(tmp_path / "l.nii.gz", truth)
+    case = {"subject": "x", "site": "S", "flair": str(flair), "labels": [str(tmp_path / "l.nii.gz")], "nwmh": None}
+    prob = 0.3 * truth
+    prob[6:8, 6:8, 6:8] = 0.9                      # the lesion's confident core
+    prob[14:17, 14:17, 14:17] = 0.35               # a faint false positive without a core
+    rows = score_map(prob, case, sitk.Transform(3, sitk.sitkIdentity), sitk.ReadImage(str(flair)), [0.5], "m",
+                     hysteresis=[0.5])
+    by = {r["model"]: r for r in rows}
+    assert set(by) == {"m", "m hyst0.5"}
+    assert by["m"]["dice"] == pytest.approx(2 * 8 / (8 + 216), abs=1e-4)
+    assert by["m hyst0.5"]["dice"] == 1.0 and by["m hyst0.5"]["precision"] == 1.0
+
 def _row(subject, fold, t, dice, site="MS3SEG-raw"):
     return {"subject": subject, "site": site, "model": "cv ensemble", "threshold": t, "fold": fold,
             "seen_in_training": "none", "reference": "r", "dice": dice, "lesion_f1": dice, "precision": 1.0,
@@ -123,6 +141,11 @@ def test_case_means_average_raters_and_the_summary_table_lists_every_arm():
             for r in rows]
     arms = summary(rows + base, "cv")
     assert list(arms) == ["baseline (FLAIR threshold, LOPO)", "cv ensemble (cross-validated)"]
+    # Inference-time arms follow their member; the ensemble's come before the generic net.
+    extra = [{**r, "model": m} for r in rows for m in ("cv generic", "cv ensemble flip", "cv generic hyst0.5")]
+    assert list(summary(rows + extra, "cv")) == [
+        "cv ensemble (cross-validated)", "cv ensemble flip (cross-validated)", "cv generic (cross-validated)",
+        "cv generic hyst0.5 (cross-validated)"]
     text = markdown(arms)
     assert "| cv ensemble (cross-validated) | 2 | 0.800 | 0.500 | n/a | 0.650 |" in text
     json.dumps(arms)  # JSON-ready (NaN allowed by json)

@@ -52,12 +52,21 @@ def test_lesion_volume_has_not_drifted(relpath, tmp_path):
     assert _volume_ml(relpath, tmp_path) == pytest.approx(reference, rel=0.03, abs=0.05)
 
 
+def _recipe(metadata: dict) -> dict:
+    """What of the model decides the volumes besides its weights: inference options and output rule."""
+    return {"inference": metadata.get("inference", {}), "output": metadata["output"]}
+
+
 def test_reference_matches_shipped_model():
-    """The reference was made with the weights that ship (otherwise it checks nothing)."""
+    """The reference was made with the weights, inference options (e.g. flip averaging) and output rule
+    (threshold, minimum lesion) that ship; otherwise it checks nothing."""
     from bids_app.config import default_models_dir
     from bids_app.models import read_metadata
 
-    assert json.loads(REFERENCE.read_text())["model_sha256"] == read_metadata(default_models_dir() / "mslesion")["sha256"]
+    reference = json.loads(REFERENCE.read_text())
+    metadata = read_metadata(default_models_dir() / "mslesion")
+    assert reference["model_sha256"] == metadata["sha256"]
+    assert reference["recipe"] == _recipe(metadata)
 
 
 def update() -> None:
@@ -71,7 +80,8 @@ def update() -> None:
                     if "--all" in sys.argv or str(p.relative_to(BIDS_DEV)) in IMAGES)
     with tempfile.TemporaryDirectory() as tmp:
         values = {rel: round(_volume_ml(rel, Path(tmp)), 3) for rel in images}
-    REFERENCE.write_text(json.dumps({"model_sha256": read_metadata(default_models_dir() / "mslesion")["sha256"],
+    metadata = read_metadata(default_models_dir() / "mslesion")
+    REFERENCE.write_text(json.dumps({"model_sha256": metadata["sha256"], "recipe": _recipe(metadata),
                                      "images": values}, indent=1) + "\n")
 
 

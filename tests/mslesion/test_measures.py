@@ -345,3 +345,21 @@ def test_lesions_lying_mostly_outside_the_white_matter_are_dropped():
     kept = white_matter_components(mask, wm, 0.5)
     assert kept[3, 3, 3] and not kept[9, 9, 9] and kept.sum() == 27
     assert np.array_equal(white_matter_components(mask, wm, 0.0), mask)  # 0: off
+
+
+def test_hysteresis_keeps_lesions_with_a_confident_core_and_their_rim():
+    from bids_app.mslesion.measures import hysteresis_components
+
+    prob = np.zeros((20, 20, 20), np.float32)
+    prob[2:9, 2:9, 2:9] = 0.3        # rim of lesion A
+    prob[4:7, 4:7, 4:7] = 0.8        # its core
+    prob[12:16, 12:16, 12:16] = 0.35  # a faint blob without a core
+    kept = hysteresis_components(prob, 0.25, 0.5)
+    assert kept[2:9, 2:9, 2:9].all() and kept.sum() == 7 ** 3
+    np.testing.assert_array_equal(hysteresis_components(prob, 0.5, 0.5), prob >= 0.5)
+    assert hysteresis_components(prob, 0.25, 0.9).sum() == 0
+    # 26-connectivity, as lesions are counted: a corner-touching rim voxel belongs to the lesion.
+    prob[9, 9, 9] = 0.3
+    assert hysteresis_components(prob, 0.25, 0.5)[9, 9, 9]
+    with pytest.raises(ValueError, match="low <= high"):
+        hysteresis_components(prob, 0.6, 0.5)

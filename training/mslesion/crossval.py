@@ -137,7 +137,7 @@ def registered(case: dict, config: dict, tpl: dict) -> tuple[np.ndarray, sitk.Tr
 
 def score_map(prob: np.ndarray, case: dict, transform: sitk.Transform, tpl_img: sitk.Image,
               thresholds: list[float], model: str, wm: np.ndarray | None = None,
-              min_mean_wm: float = 0.0) -> list[dict]:
+              min_mean_wm: float = 0.0, hysteresis: list[float] = ()) -> list[dict]:
     """Rows scoring a template-grid map ``prob`` ``(X, Y, Z)`` in [0, 1] on the native FLAIR grid.
 
     The map is resampled once (linear, the inverse of the case's template transform), then for
@@ -148,7 +148,9 @@ def score_map(prob: np.ndarray, case: dict, transform: sitk.Transform, tpl_img: 
     ``nwmh_fraction`` (voxels of the non-MS hyperintensity mask labelled lesion / its voxels;
     NaN without one). With ``min_mean_wm`` > 0 and the template WM probability ``wm`` ``(X, Y, Z)``,
     predicted lesions whose mean WM probability (``wm`` carried to the native grid) is below it are
-    dropped first (:func:`bids_app.mslesion.measures.white_matter_components`).
+    dropped first (:func:`bids_app.mslesion.measures.white_matter_components`). Each ratio ``r`` of
+    ``hysteresis`` adds the rows of model ``"<model> hyst<r>"``: at threshold ``t`` the lesions of
+    ``native >= r t`` that reach ``t`` somewhere (:func:`bids_app.mslesion.measures.hysteresis_components`).
     """
     flair = sitk.ReadImage(case["flair"])
     def to_native(a: np.ndarray) -> np.ndarray:
@@ -166,14 +168,15 @@ def score_map(prob: np.ndarray, case: dict, transform: sitk.Transform, tpl_img: 
     nwmh = np.asarray(nib.load(case["nwmh"]).dataobj) > 0 if case.get("nwmh") else None
     truths = [(Path(p).name, np.asarray(nib.load(p).dataobj) > 0) for p in case["labels"]]
     rows = []
-    for t in thresholds:
-        pred = native >= t
+    rules = [(model, None)] + [(f"{model} hyst{r:g}", r) for r in hysteresis]
+    for (variant, ratio), t in ((v, t) for v in rules for t in thresholds):
+        pred = native >= t if ratio is None else measures.hysteresis_components(native, ratio * t, t)
         if wm_native is not None:
             pred = measures.white_matter_components(pred, wm_native, min_mean_wm)
         for name, truth in truths:
             m = measures.segmentation_metrics(pred, truth, zooms)
             rows.append({
-                "subject": case["subject"], "site": case["site"], "reference": name, "model": model,
+                "subject": case["subject"], "site": case["site"], "reference": name, "model": variant,
                 "threshold": t, "dice": round(m["dice"], 4), "lesion_f1": round(m["lesion_f1"], 4),
                 "precision": round(m["lesion_precision"], 4), "recall": round(m["lesion_recall"], 4),
                 "small_recall": _round(measures.small_lesion_recall(pred, truth, zooms)),
@@ -249,7 +252,12 @@ def prepare(config: dict) -> None:
 def evaluate(config: dict, folds: list[str] | None = None) -> dict:
     """Rows of every trained fold (generic and ensemble) on its held-out patients, of the baseline
     grid on every patient and of the shipped model on every patient (``seen_in_training`` says what
-    of the patient it saw). Writes ``RESULTS/<name>_<date>.json``."""
+    of the patient it saw). Writes ``RESULTS/<name>_<date>.json``.
+
+    Inference-time arms on the same fold models, from the config: ``"flip_lr": true`` adds the members
+    averaged with their maps of the left-right mirrored image (models ``"<name> <member> flip"``,
+    :mod:`bids_app.mslesion.predict`), ``"hysteresis": [r, ...]`` the two-threshold rule of
+    :func:`score_map` on every network map."""
     import torch
 
     from bids_app.imaging import templates
@@ -270,6 +278,8 @@ def evaluate(config: dict, folds: list[str] | None = None) -> dict:
     region = search_region(tpl["wm"], dilation_mm=config["search_dilation_mm"])
     # Post-processing of the networks' masks (not the baseline's): lesions mostly outside the WM dropped.
     min_wm = float(config.get("component_min_wm", 0.0))
+    flips = [False, True] if config.get("flip_lr") else [False]
+    hysteresis = [float(r) for r in config.get("hysteresis", [])]
     rows: list[dict] = []
     trained, loaded = {}, {}
     for f in folds or sorted(config["folds"]):
@@ -295,13 +305,16 @@ def evaluate(config: dict, folds: list[str] | None = None) -> dict:
         if f in trained:
             fc, (_, generic, nets, boxes) = trained[f]
             x = np.stack([input_channel(n, image, tpl["wm"], None) for n in input_channels(fc)])
-            maps = {"generic": predict_generic(generic, x, tpl["brain"])}
-            if len(nets) == len(boxes):
-                maps["ensemble"] = predict_ensemble(nets, boxes, x, tpl["brain"])
+            maps = {}
+            for flip in flips:
+                tag = " flip" if flip else ""
+                maps["generic" + tag] = predict_generic(generic, x, tpl["brain"], flip=flip)
+                if len(nets) == len(boxes):
+                    maps["ensemble" + tag] = predict_ensemble(nets, boxes, x, tpl["brain"], flip=flip)
             for member, prob in maps.items():
                 rows += [{**r, "fold": f, "seen_in_training": "none"}
                          for r in score_map(prob * region, case, transform, tpl_img, thresholds,
-                                            f"{config['name']} {member}", tpl["wm"], min_wm)]
+                                            f"{config['name']} {member}", tpl["wm"], min_wm, hysteresis)]
         for t in BASELINE_GRID["flair_iqr"] if config.get("baseline", True) else ():
             for w in BASELINE_GRID["template_wm"]:
                 mask = intensity_baseline(image, tpl["wm"], t, w)
@@ -353,10 +366,11 @@ def summary(rows: list[dict], name: str) -> dict[str, list[dict]]:
         arms["baseline (FLAIR threshold, LOPO)"] = case_means(
             [{**r, "model": "baseline", "threshold": 0.5} for r in cross_validated_baseline(base)])
     cm = case_means([r for r in rows if "fold" in r])
-    for member in ("ensemble", "generic"):
-        model = f"{name} {member}"
-        if any(r["model"] == model for r in cm):
-            arms[f"{model} (cross-validated)"] = held_out_rows(cm, model)
+    # The ensemble first, then the generic net, each followed by its inference-time arms (flip, hysteresis).
+    models = sorted({r["model"] for r in cm if r["model"].startswith(f"{name} ")},
+                    key=lambda m: (not m.startswith(f"{name} ensemble"), m))
+    for model in models:
+        arms[f"{model} (cross-validated)"] = held_out_rows(cm, model)
     arms.update({m: case_means([r for r in rows if r["model"] == m])
                  for m in sorted({r["model"] for r in rows if r["model"].startswith("shipped")})})
     return arms
