@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 
 from bids_app.mslesion.measures import small_lesion_recall
-from training.mslesion.crossval import (
-    case_means, choose_thresholds, fold_config, held_out_rows, labelled_cases, merge, score_map, summary)
+from training.mslesion.crossval import fold_config, labelled_cases, merge, score_map
+from training.mslesion.cvrows import case_means, choose_thresholds, held_out_rows, summary
 from training.mslesion.cvcard import markdown
 
 

@@ -307,6 +307,7 @@ def test_adapt_fine_tunes_the_shipped_model_on_a_dataset_without_labels(tmp_path
     assert meta["training"]["config"] == str(models / "mslesion" / "training_config.json")
     shipped = json.loads((ROOT / "models/mslesion/metadata.json").read_text())
     assert meta["sha256"] != shipped["sha256"] and len(specialists) == len(shipped["ensemble"]["boxes"])
+    assert meta["inference"] == shipped["inference"]  # the recipe's inference options (flip) come along
     _, shipped_generic, _, _ = load_ensemble(ROOT / "models/mslesion")
     moved = [not torch.equal(a, b) for a, b in zip(generic.state_dict().values(), shipped_generic.state_dict().values())
              if a.is_floating_point()]

@@ -13,7 +13,7 @@ in exactly one fold; the model of fold ``F`` is trained on the labelled scans of
 Every map is scored on the native FLAIR grid (:func:`score_map`): Dice, lesion-wise F1, recall of
 small lesions (3-50 mm^3), volume error and, where a ``label-nWMH`` mask exists, the fraction of the
 non-MS hyperintensity voxels labelled lesion. The fold model's probability threshold is chosen per
-fold on the *other* folds' held-out patients (:func:`choose_thresholds`), never on its own.
+fold on the *other* folds' held-out patients (:func:`training.mslesion.cvrows.choose_thresholds`), never on its own.
 
     python -m training.mslesion.crossval CONFIG --prepare           register every scan once (cache)
     python -m training.mslesion.crossval CONFIG --train FOLD        train one fold (resumable)
@@ -42,6 +42,7 @@ from training.common.configs import load_config
 from training.common.logs import setup_logging
 from training.common.paths import ROOT
 from training.mslesion import RESULTS
+from training.mslesion.cvrows import summary
 
 LOGGER = logging.getLogger("training.mslesion")
 
@@ -191,49 +192,6 @@ def _round(x: float, n: int = 4) -> float:
     return x if math.isnan(x) else round(float(x), n)
 
 
-def case_means(rows: list[dict]) -> list[dict]:
-    """One row per (model, threshold, subject): numeric columns averaged over the raters (NaN-aware)."""
-    keys = ("dice", "lesion_f1", "precision", "recall", "small_recall", "volume_error_percent", "pred_ml",
-            "truth_ml", "nwmh_fraction")
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["model"], r["threshold"], r["subject"]), []).append(r)
-    out = []
-    for (model, t, subject), rs in groups.items():
-        row = {k: rs[0][k] for k in ("subject", "site", "model", "threshold") if k in rs[0]}
-        row.update({k: _nanmean([r[k] for r in rs]) for k in keys})
-        for k in ("seen_in_training", "fold"):
-            if k in rs[0]:
-                row[k] = rs[0][k]
-        out.append(row)
-    return out
-
-
-def _nanmean(xs) -> float:
-    v = [x for x in xs if x is not None and not math.isnan(x)]
-    return float(np.mean(v)) if v else math.nan
-
-
-def choose_thresholds(case_rows: list[dict], model: str) -> dict[str, float]:
-    """For each fold, the threshold of ``model`` with the best mean Dice over the held-out patients
-    of all *other* folds (each scored by its own fold's model): the fold's patients never choose it."""
-    rows = [r for r in case_rows if r["model"] == model]
-    folds = sorted({r["fold"] for r in rows})
-    thresholds = sorted({r["threshold"] for r in rows})
-    out = {}
-    for f in folds:
-        def score(t):
-            return _nanmean([r["dice"] for r in rows if r["fold"] != f and r["threshold"] == t])
-        out[f] = max(thresholds, key=score)
-    return out
-
-
-def held_out_rows(case_rows: list[dict], model: str) -> list[dict]:
-    """The cross-validated result of a fold model: each patient at its fold's :func:`choose_thresholds`."""
-    chosen = choose_thresholds(case_rows, model)
-    return [r for r in case_rows if r["model"] == model and r["threshold"] == chosen[r["fold"]]]
-
-
 def prepare(config: dict) -> None:
     """Register every labelled patient and unlabelled canvas once into the shared cache."""
     from training.mslesion.canvases import real_canvas
@@ -353,27 +311,6 @@ def merge(config: dict, paths: list[Path]) -> dict:
         seen |= folds
         rows += res["rows"]
     return _write(config, rows, merged_from=[p.name for p in paths])
-
-
-def summary(rows: list[dict], name: str) -> dict[str, list[dict]]:
-    """Per-patient rows of each arm: the fold models at their chosen thresholds, the baseline at its
-    leave-one-patient-out grid point, the shipped model."""
-    from training.mslesion.baseline import cross_validated_baseline
-
-    base = [r for r in rows if "flair_iqr" in r]
-    arms = {}
-    if base:
-        arms["baseline (FLAIR threshold, LOPO)"] = case_means(
-            [{**r, "model": "baseline", "threshold": 0.5} for r in cross_validated_baseline(base)])
-    cm = case_means([r for r in rows if "fold" in r])
-    # The ensemble first, then the generic net, each followed by its inference-time arms (flip, hysteresis).
-    models = sorted({r["model"] for r in cm if r["model"].startswith(f"{name} ")},
-                    key=lambda m: (not m.startswith(f"{name} ensemble"), m))
-    for model in models:
-        arms[f"{model} (cross-validated)"] = held_out_rows(cm, model)
-    arms.update({m: case_means([r for r in rows if r["model"] == m])
-                 for m in sorted({r["model"] for r in rows if r["model"].startswith("shipped")})})
-    return arms
 
 
 def main(argv=None) -> int:

@@ -7,7 +7,9 @@ recipe and the limits. Written from ``metadata.json`` and the committed result f
 the baseline and the shipped model), ``arm_names`` (``{arm: text}`` shown instead of the internal
 arm name), ``seed_repeats`` (``[[arm, the same arm with another seed], ...]``, shown as the seed
 noise; optional), ``timing`` (a participant benchmark text file, optional), ``notes`` (paragraphs),
-``crossval_config`` (the cross-validation config of the final arm, quoted in the recipe; default cv2.json).
+``crossval_config`` (the cross-validation config of the final arm, quoted in the recipe; default cv2.json),
+``hide_arms`` (internal arm names left out of the tables, e.g. combinations measured but not worth a
+row; their numbers stay in the result files).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from bids_app.imaging import templates
 from training.common.markdown import markdown_table
 from training.common.paths import ROOT
-from training.mslesion.crossval import summary
+from training.mslesion.cvrows import summary
 
 #: The issue-13 acceptance targets, in the card's words.
 TARGETS = {"dice_1mm": 0.65, "dice_ms3seg": 0.60, "lesion_f1": 0.55, "nwmh": 0.15}
@@ -56,7 +58,7 @@ def load_arms(card: dict) -> dict[str, list[dict]]:
     for i, path in enumerate(card["crossval"]):
         res = json.loads((ROOT / path).read_text())
         for arm, rows in summary(res["rows"], res["config"]).items():
-            if i and arm.startswith("baseline"):
+            if (i and arm.startswith("baseline")) or arm in card.get("hide_arms", ()):
                 continue  # one baseline, from the first file
             arms[card.get("arm_names", {}).get(arm, arm)] = rows
     return arms
@@ -154,6 +156,14 @@ def _ssl_recipe(config: dict) -> str:
             f"({int(100 * ssl.get('synthetic_fraction', 0.3))} % of patches); no labelled patient is in it.\n")
 
 
+def _flip_text(meta: dict) -> str:
+    """The output sentence's words for left-right flip averaging, when the model asks for it."""
+    if not meta.get("inference", {}).get("flip_lr"):
+        return ""
+    return (" (every net also runs on the left-right mirrored FLAIR; its map, mirrored back, joins the"
+            " ensemble's members)")
+
+
 def write_cv_card(config: dict, final_arm: str) -> Path:
     """``<export_dir>/README.md`` for a model whose accuracy is the cross-validated arm ``final_arm``."""
     out = ROOT / config["export_dir"]
@@ -229,7 +239,7 @@ members' spread as an uncertainty map.
 Inputs: the FLAIR after N4, affine registration to the template and `(x - median) / IQR` inside the
 template brain mask{'; the template white-matter mask (probability >= 0.5) as the global-binary-mask prior (Hertel et al.)' if config.get('prior', True) else ' (no prior channel; the template WM still bounds the search region)'}.
 Channels: {', '.join(meta['input']['channels'])}.
-Output: lesion probability inside the template WM dilated by {config['search_dilation_mm']} mm, resampled
+Output: lesion probability inside the template WM dilated by {config['search_dilation_mm']} mm{_flip_text(meta)}, resampled
 to the FLAIR grid, thresholded at {meta['output']['threshold']} (the threshold with the best mean
 cross-validated Dice over all folds); lesions under {meta['output']['min_lesion_mm3']} mm^3 are dropped.
 

@@ -50,6 +50,9 @@ def export(config: dict, metrics: list[dict] | None = None) -> Path:
         "ensemble": {"grid": config["grid"], "overlap": config["overlap"],
                      "boxes": [[[s.start, s.stop] for s in box] for box in boxes],
                      "fusion": "weighted mean, separable cosine taper (floor 0.05)"},
+        # Left-right flip averaging at inference (bids_app.mslesion.predict): a choice of the recipe,
+        # measured in the cross-validation (crossval config key flip_lr), not of the weights.
+        "inference": {"flip_lr": bool(config.get("flip_lr", False))},
         "output": {"activation": "sigmoid", "labels": {"lesion": 1}, "threshold": config["threshold"],
                    "search_region": {"template_wm_threshold": 0.5, "dilation_mm": config["search_dilation_mm"]},
                    "min_lesion_mm3": DEFAULT_MIN_VOLUME_MM3},
