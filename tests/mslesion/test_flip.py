@@ -94,3 +94,29 @@ def test_spread_with_flip_counts_the_mirrored_members():
                                             ({"inference": {"flip_lr": False}}, False)])
 def test_the_model_metadata_asks_for_flip(flag, expected):
     assert M.flip_lr(flag) is expected
+
+
+def test_the_app_path_flips_when_the_model_metadata_asks():
+    # lesion_probability(_with_spread) is what the app runs: with inference.flip_lr it returns the
+    # flip-averaged ensemble (inside the search region), without it the plain one.
+    brain = np.zeros((40, 44, 36), bool)
+    brain[8:32, 6:38, 5:31] = True
+    wm = np.zeros(brain.shape, np.float32)
+    wm[14:26, 14:30, 12:24] = 0.8
+    boxes = M.subvolumes(brain, (2, 1, 1), overlap=0.3)
+    torch.manual_seed(2)
+    nets = [M.build_net(2, (4, 8, 16, 32)).eval() for _ in boxes]
+    generic = M.build_net(2, (4, 8, 16, 32)).eval()
+    plain = {"input": {"channels": ["FLAIR", "prior:WM probseg >= 0.5"], "roi_size": [16, 16, 16]},
+             "output": {"search_region": {"template_wm_threshold": 0.5, "dilation_mm": 2.0}}}
+    flipped = {**plain, "inference": {"flip_lr": True}}
+    image = np.random.default_rng(3).standard_normal(brain.shape).astype(np.float32)
+    x = np.stack([image, (wm >= 0.5).astype(np.float32)])
+    region = M.search_region(wm, 0.5, 2.0)
+    p_plain = M.lesion_probability((plain, generic, nets, boxes), image, wm, brain)
+    p_flip, _ = M.lesion_probability_with_spread((flipped, generic, nets, boxes), image, wm, brain)
+    np.testing.assert_array_equal(p_plain, M.predict_ensemble(nets, boxes, x, brain) * region)
+    np.testing.assert_array_equal(p_flip, M.predict_ensemble(nets, boxes, x, brain, flip=True) * region)
+    assert not np.allclose(p_plain[region], p_flip[region], atol=1e-4)
+    g_flip = M.lesion_probability((flipped, generic, nets, boxes), image, wm, brain, "generic")
+    np.testing.assert_allclose(g_flip, M.predict_generic(generic, x, brain, (16, 16, 16), flip=True) * region, atol=1e-7)
