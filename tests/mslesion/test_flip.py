@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bids_app.mslesion import predict as M
+from tests.mslesion.test_uncertainty import tiny_lesion_model
 
 
 class _Logit(torch.nn.Module):
@@ -20,6 +21,13 @@ def _brain(shape):
     brain = np.zeros(shape, bool)
     brain[6:-6, 5:-5, 4:-4] = True
     return brain
+
+
+def _symmetric_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A left-right symmetric brain ``(40, 32, 24)`` and random two-channel input ``x``; seeds torch too."""
+    torch.manual_seed(0)
+    brain = _brain((40, 32, 24))
+    return brain | brain[::-1], np.random.default_rng(seed).normal(size=(2, 40, 32, 24)).astype(np.float32)
 
 
 def test_mirror_box_reflects_and_is_an_involution():
@@ -53,11 +61,7 @@ def test_flipped_members_are_mirrored_back_onto_their_voxels():
 def test_flip_averaging_makes_any_net_mirror_equivariant():
     # A random UNet is not symmetric; averaged with its mirrored run it is: the map of the mirrored
     # image is the mirrored map (the template is symmetric, so left and right lesions are treated alike).
-    torch.manual_seed(0)
-    shape = (40, 32, 24)
-    brain = _brain(shape)
-    brain = brain | brain[::-1]
-    x = np.random.default_rng(1).normal(size=(2, *shape)).astype(np.float32)
+    brain, x = _symmetric_case(1)
     xm = np.ascontiguousarray(x[:, ::-1])
     nets = [M.build_net(2, (4, 8, 16, 32)).eval() for _ in range(4)]
     boxes = M.subvolumes(brain, (2, 2, 1), overlap=0.3)
@@ -74,11 +78,7 @@ def test_spread_with_flip_counts_the_mirrored_members():
     # The fused mean of the spread pass is predict_ensemble's flip map; the spread is computed over
     # twice as many members, so a net that disagrees with its own mirrored run has spread > 0 even
     # when the specialists and the generic net are the same module.
-    torch.manual_seed(0)
-    shape = (40, 32, 24)
-    brain = _brain(shape)
-    brain = brain | brain[::-1]
-    x = np.random.default_rng(2).normal(size=(2, *shape)).astype(np.float32)
+    brain, x = _symmetric_case(2)
     net = M.build_net(2, (4, 8, 16, 32)).eval()
     box = [(slice(0, 40), slice(0, 32), slice(0, 24))]
     mean, spread = M.predict_ensemble_with_spread([net], box, x, brain, net, roi=(40, 32, 24), flip=True)
@@ -99,16 +99,7 @@ def test_the_model_metadata_asks_for_flip(flag, expected):
 def test_the_app_path_flips_when_the_model_metadata_asks():
     # lesion_probability(_with_spread) is what the app runs: with inference.flip_lr it returns the
     # flip-averaged ensemble (inside the search region), without it the plain one.
-    brain = np.zeros((40, 44, 36), bool)
-    brain[8:32, 6:38, 5:31] = True
-    wm = np.zeros(brain.shape, np.float32)
-    wm[14:26, 14:30, 12:24] = 0.8
-    boxes = M.subvolumes(brain, (2, 1, 1), overlap=0.3)
-    torch.manual_seed(2)
-    nets = [M.build_net(2, (4, 8, 16, 32)).eval() for _ in boxes]
-    generic = M.build_net(2, (4, 8, 16, 32)).eval()
-    plain = {"input": {"channels": ["FLAIR", "prior:WM probseg >= 0.5"], "roi_size": [16, 16, 16]},
-             "output": {"search_region": {"template_wm_threshold": 0.5, "dilation_mm": 2.0}}}
+    plain, generic, nets, boxes, brain, wm = tiny_lesion_model()
     flipped = {**plain, "inference": {"flip_lr": True}}
     image = np.random.default_rng(3).standard_normal(brain.shape).astype(np.float32)
     x = np.stack([image, (wm >= 0.5).astype(np.float32)])

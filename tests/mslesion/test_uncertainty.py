@@ -114,7 +114,10 @@ def test_the_spread_reaches_one_half_for_an_even_split_between_zero_and_one():
     assert spread.max() <= 0.5
 
 
-def test_lesion_probability_with_spread_matches_lesion_probability_in_the_search_region():
+def tiny_lesion_model():
+    """``(metadata, generic, specialists, boxes, brain, wm)``: random UNets (channels 4-32) of a
+    two-channel model (FLAIR + WM prior) on a ``(40, 44, 36)`` grid, two specialists along x; the
+    search region is the WM (0.8 in a block) dilated by 2 mm. Shared with ``test_flip.py``."""
     brain = np.zeros((40, 44, 36), bool)
     brain[8:32, 6:38, 5:31] = True
     wm = np.zeros(brain.shape, np.float32)
@@ -124,7 +127,13 @@ def test_lesion_probability_with_spread_matches_lesion_probability_in_the_search
     channels = (4, 8, 16, 32)
     metadata = {"input": {"channels": ["FLAIR", "prior:WM probseg >= 0.5"], "roi_size": [16, 16, 16]},
                 "output": {"search_region": {"template_wm_threshold": 0.5, "dilation_mm": 2.0}}}
-    model = (metadata, M.build_net(2, channels).eval(), [M.build_net(2, channels).eval() for _ in boxes], boxes)
+    generic = M.build_net(2, channels).eval()
+    return metadata, generic, [M.build_net(2, channels).eval() for _ in boxes], boxes, brain, wm
+
+
+def test_lesion_probability_with_spread_matches_lesion_probability_in_the_search_region():
+    metadata, generic, nets, boxes, brain, wm = tiny_lesion_model()
+    model = (metadata, generic, nets, boxes)
     image = np.random.default_rng(3).standard_normal(brain.shape).astype(np.float32)
     prob, spread = M.lesion_probability_with_spread(model, image, wm, brain)
     assert np.array_equal(prob, M.lesion_probability(model, image, wm, brain, "ensemble"))
