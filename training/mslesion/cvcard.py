@@ -185,7 +185,9 @@ def write_cv_card(config: dict, final_arm: str) -> Path:
               + (ROOT / card["timing"]).read_text().strip() + "\n```") if card.get("timing") else "not measured"
     summary_rows = [
         ["what", f"DeepLesionBrain-style ensemble: a generic 3D UNet and {len(meta['ensemble']['boxes'])} sub-volume "
-                 "specialists grown from it, fused; " + _inputs(config)],
+                 "specialists grown from it, fused"
+                 + ("; each net also run on the left-right mirrored FLAIR" if meta.get("inference", {}).get("flip_lr") else "")
+                 + "; " + _inputs(config)],
         ["trained on", f"{len(labelled)} labelled real patients, {len(config['real_canvases'])} unlabelled FLAIRs, "
                        "real lesion shapes pasted into real and synthetic canvases"],
         ["status", meta.get("status", "experimental") + ": " + ("all acceptance targets met" if all(met.values())
