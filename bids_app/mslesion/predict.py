@@ -95,9 +95,24 @@ def _mirrored(x: np.ndarray, axis: int) -> np.ndarray:
 def predict_generic(net, x: np.ndarray, brain: np.ndarray, roi=(96, 96, 96), flip: bool = False) -> np.ndarray:
     """Probability map ``(X, Y, Z)`` from one net by MONAI Gaussian sliding windows on the brain box;
     with ``flip``, the mean of that map and the map of the left-right mirrored input, mirrored back."""
+    maps = [m for m, _ in _generic_members(net, x, brain, roi, flip)]
+    return maps[0] if len(maps) == 1 else (0.5 * (maps[0] + maps[1])).astype(np.float32)
+
+
+def _generic_members(net, x: np.ndarray, brain: np.ndarray, roi, flip: bool
+                     ) -> list[tuple[np.ndarray, tuple[slice, ...]]]:
+    """``[(map (X, Y, Z), box)]``: the net's map on the brain box; with ``flip`` also its map of the
+    mirrored input, mirrored back, with the mirrored box."""
+    members = [(_sliding_map(net, x, brain, roi), brain_bbox(brain))]
     if flip:
-        mirrored = predict_generic(net, _mirrored(x, 1), _mirrored(brain, 0), roi)
-        return (0.5 * (predict_generic(net, x, brain, roi) + _mirrored(mirrored, 0))).astype(np.float32)
+        mirrored_brain = _mirrored(brain, 0)
+        members.append((_mirrored(_sliding_map(net, _mirrored(x, 1), mirrored_brain, roi), 0),
+                        mirror_box(brain_bbox(mirrored_brain), brain.shape[0])))
+    return members
+
+
+def _sliding_map(net, x: np.ndarray, brain: np.ndarray, roi) -> np.ndarray:
+    """One net's probability ``(X, Y, Z)`` by MONAI Gaussian sliding windows on the brain box, 0 outside it."""
     bbox = brain_bbox(brain)
     sub = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + bbox]))[None].to(_device(net))
     with torch.no_grad():
@@ -182,11 +197,7 @@ def predict_ensemble_with_spread(nets, boxes, x: np.ndarray, brain: np.ndarray, 
     t0 = time.perf_counter()
     maps, member_boxes = _specialist_members(nets, boxes, x, flip)
     t1 = time.perf_counter()
-    generics = [(predict_generic(generic, x, brain, roi), brain_bbox(brain))]
-    if flip:
-        mirrored_brain = _mirrored(brain, 0)
-        generics.append((_mirrored(predict_generic(generic, _mirrored(x, 1), mirrored_brain, roi), 0),
-                         mirror_box(brain_bbox(mirrored_brain), brain.shape[0])))
+    generics = _generic_members(generic, x, brain, roi, flip)
     t2 = time.perf_counter()
     mean = _fuse(maps, member_boxes, brain.shape)
     spread = _spread(maps, member_boxes, generics, generic_weight)

@@ -156,18 +156,12 @@ def _ssl_recipe(config: dict) -> str:
             f"({int(100 * ssl.get('synthetic_fraction', 0.3))} % of patches); no labelled patient is in it.\n")
 
 
-def _flip_text(meta: dict) -> str:
-    """The output sentence's words for left-right flip averaging, when the model asks for it."""
-    if not meta.get("inference", {}).get("flip_lr"):
-        return ""
-    return (" (every net also runs on the left-right mirrored FLAIR; its map, mirrored back, joins the"
-            " ensemble's members)")
-
-
 def write_cv_card(config: dict, final_arm: str) -> Path:
     """``<export_dir>/README.md`` for a model whose accuracy is the cross-validated arm ``final_arm``."""
     out = ROOT / config["export_dir"]
     meta = json.loads((out / "metadata.json").read_text())
+    # As bids_app.mslesion.predict.flip_lr reads it (that module imports torch; --card runs without it).
+    flip = bool(meta.get("inference", {}).get("flip_lr", False))
     card = config["card"]
     arms = load_arms(card)
     s = arm_stats(arms[final_arm])
@@ -186,7 +180,7 @@ def write_cv_card(config: dict, final_arm: str) -> Path:
     summary_rows = [
         ["what", f"DeepLesionBrain-style ensemble: a generic 3D UNet and {len(meta['ensemble']['boxes'])} sub-volume "
                  "specialists grown from it, fused"
-                 + ("; each net also run on the left-right mirrored FLAIR" if meta.get("inference", {}).get("flip_lr") else "")
+                 + ("; each net also run on the left-right mirrored FLAIR" if flip else "")
                  + "; " + _inputs(config)],
         ["trained on", f"{len(labelled)} labelled real patients, {len(config['real_canvases'])} unlabelled FLAIRs, "
                        "real lesion shapes pasted into real and synthetic canvases"],
@@ -241,7 +235,7 @@ members' spread as an uncertainty map.
 Inputs: the FLAIR after N4, affine registration to the template and `(x - median) / IQR` inside the
 template brain mask{'; the template white-matter mask (probability >= 0.5) as the global-binary-mask prior (Hertel et al.)' if config.get('prior', True) else ' (no prior channel; the template WM still bounds the search region)'}.
 Channels: {', '.join(meta['input']['channels'])}.
-Output: lesion probability inside the template WM dilated by {config['search_dilation_mm']} mm{_flip_text(meta)}, resampled
+Output: lesion probability inside the template WM dilated by {config['search_dilation_mm']} mm{" (every net also runs on the left-right mirrored FLAIR; its map, mirrored back, joins the ensemble's members)" if flip else ""}, resampled
 to the FLAIR grid, thresholded at {meta['output']['threshold']} (the threshold with the best mean
 cross-validated Dice over all folds); lesions under {meta['output']['min_lesion_mm3']} mm^3 are dropped.
 
