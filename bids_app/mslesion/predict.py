@@ -269,9 +269,14 @@ def load_ensemble(folder, device: str = "cpu"):
     return metadata, net("generic."), specialists, boxes
 
 
-def search_region(wm: np.ndarray, threshold: float = 0.5, dilation_mm: float = 3.0) -> np.ndarray:
+def search_region(wm: np.ndarray, threshold: float = 0.5, dilation_mm: float = 3.0,
+                  infratentorial: np.ndarray | None = None) -> np.ndarray:
     """Where white-matter lesions can be: template WM (probability >= ``threshold``) dilated by
-    ``dilation_mm`` (1 mm grid), so that juxtacortical and periventricular lesions stay in.
+    ``dilation_mm`` (1 mm grid), so that juxtacortical and periventricular lesions stay in; with
+    ``infratentorial`` (a brain mask ``(X, Y, Z)`` of the brainstem and cerebellum,
+    :func:`bids_app.mslesion.regions.infratentorial_mask`) also all of it: there the template WM
+    probability is low (0.04-0.5 on the brainstem and cerebellar lesions of the dev patients), so
+    the WM rule alone drops infratentorial lesions, one of the four McDonald locations.
 
     Multiplying the probability map by it removes the bright skull and scalp of raw scans and
     cortical hyperintensities, which a patch-based net otherwise mistakes for lesions.
@@ -280,7 +285,8 @@ def search_region(wm: np.ndarray, threshold: float = 0.5, dilation_mm: float = 3
 
     wm_mask = np.asarray(wm) >= threshold
     dist = ndimage.distance_transform_edt(~wm_mask)
-    return dist <= dilation_mm
+    region = dist <= dilation_mm
+    return region | np.asarray(infratentorial, bool) if infratentorial is not None else region
 
 
 def lesion_probability(model, image: np.ndarray, wm: np.ndarray, brain: np.ndarray,
@@ -305,7 +311,7 @@ def lesion_probability(model, image: np.ndarray, wm: np.ndarray, brain: np.ndarr
                                flip_lr(metadata))
     else:
         raise ValueError(f"member {member!r} is not 'ensemble' or 'generic'.")
-    return prob * _search_region(metadata, wm)
+    return prob * _search_region(metadata, wm, brain)
 
 
 def lesion_probability_with_spread(model, image: np.ndarray, wm: np.ndarray, brain: np.ndarray,
@@ -322,7 +328,7 @@ def lesion_probability_with_spread(model, image: np.ndarray, wm: np.ndarray, bra
     prob, spread = predict_ensemble_with_spread(specialists, boxes, x, brain, generic,
                                                 tuple(metadata["input"].get("roi_size", (96, 96, 96))),
                                                 flip=flip_lr(metadata))
-    region = _search_region(metadata, wm)
+    region = _search_region(metadata, wm, brain)
     return prob * region, spread * region
 
 
@@ -332,10 +338,25 @@ def flip_lr(metadata: dict) -> bool:
     return bool(metadata.get("inference", {}).get("flip_lr", False))
 
 
-def _search_region(metadata: dict, wm: np.ndarray) -> np.ndarray:
-    """:func:`search_region` with the model's parameters (``metadata['output']['search_region']``)."""
+def _search_region(metadata: dict, wm: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """:func:`search_region` with the model's parameters (``metadata['output']['search_region']``;
+    ``"infratentorial": true`` adds the template's brainstem and cerebellum, absent: no)."""
     region = metadata["output"]["search_region"]
-    return search_region(wm, region["template_wm_threshold"], region["dilation_mm"])
+    infra = None
+    if region.get("infratentorial", False):
+        from bids_app.mslesion.regions import infratentorial_mask
+
+        infra = infratentorial_mask(brain, _template_affine())
+    return search_region(wm, region["template_wm_threshold"], region["dilation_mm"], infra)
+
+
+def _template_affine() -> np.ndarray:
+    """The voxel-to-mm affine of the template grid the model runs on (MNI152NLin2009aSym, 1 mm)."""
+    import nibabel as nib
+
+    from bids_app.imaging import templates
+
+    return nib.load(str(templates.get_template_file("T1w"))).affine
 
 
 def input_channel(name: str, image: np.ndarray, wm: np.ndarray, t1w: np.ndarray | None) -> np.ndarray:

@@ -143,6 +143,21 @@ def regional_load(labels: np.ndarray, regions: dict[str, np.ndarray], zooms,
 
 
 # ------------------------------------------------------------------------------ template regions
+def _below_tentorium(xyz: np.ndarray) -> np.ndarray:
+    """``(X, Y, Z)`` bool from MNI coordinates ``xyz`` ``(3, X, Y, Z)`` in mm: the infratentorial rule of
+    :func:`template_regions`."""
+    return (xyz[2] < -15.0 - 0.2 * (xyz[1] + 50.0)) & ((xyz[1] < -25.0) | (np.abs(xyz[0]) < 15.0))
+
+
+def infratentorial_mask(brain: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The infratentorial region of :func:`template_regions` alone: ``brain`` ``(X, Y, Z)`` below the
+    approximate tentorium (brainstem and cerebellum), from the MNI voxel-to-mm ``affine``."""
+    brain = np.asarray(brain, bool)
+    ijk = np.indices(brain.shape).reshape(3, -1)
+    xyz = (np.asarray(affine)[:3, :3] @ ijk + np.asarray(affine)[:3, 3:4]).reshape(3, *brain.shape)
+    return brain & _below_tentorium(xyz)
+
+
 def template_regions(wm: np.ndarray, gm: np.ndarray, brain: np.ndarray, affine: np.ndarray,
                      periventricular_mm: float = 5.0, juxtacortical_mm: float = 3.0,
                      deep_csf_mm: float = 12.0, cortex_depth_mm: float = 12.0,
@@ -184,7 +199,7 @@ def template_regions(wm: np.ndarray, gm: np.ndarray, brain: np.ndarray, affine: 
     keep = sizes >= ventricle_min_ml
     keep[0] = False
     ventricles = keep[lab]
-    infra = brain & (xyz[2] < -15.0 - 0.2 * (xyz[1] + 50.0)) & ((xyz[1] < -25.0) | (np.abs(xyz[0]) < 15.0))
+    infra = brain & _below_tentorium(xyz)
     near_vent = ndimage.distance_transform_edt(~ventricles, sampling=zooms) <= periventricular_mm
     cortex = (gm >= 0.5) & (d_out < cortex_depth_mm)
     near_cortex = ndimage.distance_transform_edt(~cortex, sampling=zooms) <= juxtacortical_mm

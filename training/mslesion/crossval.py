@@ -18,6 +18,7 @@ fold on the *other* folds' held-out patients (:func:`training.mslesion.cvrows.ch
     python -m training.mslesion.crossval CONFIG --prepare           register every scan once (cache)
     python -m training.mslesion.crossval CONFIG --train FOLD        train one fold (resumable)
     python -m training.mslesion.crossval CONFIG --evaluate          score folds, baseline, shipped model
+                                                                    (a ``combine`` config: several arms' saved maps averaged)
     python -m training.mslesion.crossval CONFIG --merge PART ...    join partial (--folds) evaluations
     python -m training.mslesion.crossval CONFIG --table             the summary (markdown) from the rows
 """
@@ -42,6 +43,7 @@ from training.common.configs import load_config
 from training.common.logs import setup_logging
 from training.common.paths import ROOT
 from training.mslesion import RESULTS
+from training.mslesion.cvmaps import save_maps
 from training.mslesion.cvrows import summary
 
 LOGGER = logging.getLogger("training.mslesion")
@@ -188,6 +190,16 @@ def score_map(prob: np.ndarray, case: dict, transform: sitk.Transform, tpl_img: 
     return rows
 
 
+def config_region(config: dict, tpl: dict) -> np.ndarray:
+    """The search region ``(X, Y, Z)`` bool of a config (:func:`bids_app.mslesion.predict.search_region`:
+    ``search_dilation_mm``; ``search_infratentorial`` adds the template's brainstem and cerebellum),
+    as the exported model's metadata gives it to the app."""
+    from bids_app.mslesion.predict import search_region
+
+    infra = tpl["infratentorial"] if config.get("search_infratentorial", False) else None
+    return search_region(tpl["wm"], dilation_mm=config["search_dilation_mm"], infratentorial=infra)
+
+
 def _round(x: float, n: int = 4) -> float:
     return x if math.isnan(x) else round(float(x), n)
 
@@ -215,12 +227,13 @@ def evaluate(config: dict, folds: list[str] | None = None) -> dict:
     Inference-time arms on the same fold models, from the config: ``"flip_lr": true`` adds the members
     averaged with their maps of the left-right mirrored image (models ``"<name> <member> flip"``,
     :mod:`bids_app.mslesion.predict`), ``"hysteresis": [r, ...]`` the two-threshold rule of
-    :func:`score_map` on every network map."""
+    :func:`score_map` on every network map. Every fold model's maps are saved for later rules
+    (:mod:`training.mslesion.cvmaps`; ``"save_maps": false`` turns that off)."""
     import torch
 
     from bids_app.imaging import templates
     from bids_app.mslesion.predict import (
-        input_channel, lesion_probability, load_ensemble, predict_ensemble, predict_generic, search_region)
+        input_channel, lesion_probability, load_ensemble, predict_ensemble, predict_generic)
     from training.mslesion.baseline import BASELINE_GRID, baseline_name, intensity_baseline
     from training.mslesion.channels import input_channels
     from training.mslesion.evaluate import load_nets
@@ -233,7 +246,7 @@ def evaluate(config: dict, folds: list[str] | None = None) -> dict:
     cases = labelled_cases(d)
     assignment = fold_of(config)
     thresholds = config["thresholds"]
-    region = search_region(tpl["wm"], dilation_mm=config["search_dilation_mm"])
+    region = config_region(config, tpl)
     # Post-processing of the networks' masks (not the baseline's): lesions mostly outside the WM dropped.
     min_wm = float(config.get("component_min_wm", 0.0))
     flips = [False, True] if config.get("flip_lr") else [False]
@@ -269,6 +282,8 @@ def evaluate(config: dict, folds: list[str] | None = None) -> dict:
                 maps["generic" + tag] = predict_generic(generic, x, tpl["brain"], flip=flip)
                 if len(nets) == len(boxes):
                     maps["ensemble" + tag] = predict_ensemble(nets, boxes, x, tpl["brain"], flip=flip)
+            if config.get("save_maps", True):
+                save_maps(fc["run_dir"], case["subject"], maps)
             for member, prob in maps.items():
                 rows += [{**r, "fold": f, "seen_in_training": "none"}
                          for r in score_map(prob * region, case, transform, tpl_img, thresholds,
@@ -332,7 +347,11 @@ def main(argv=None) -> int:
         from training.mslesion.train import run
 
         run(fold_config(config, args.train, labelled_cases(Path(config["bids_dir"]))))
-    if args.evaluate:
+    if args.evaluate and config.get("combine"):
+        from training.mslesion.cvmaps import combine
+
+        combine(config, args.config, args.folds)
+    elif args.evaluate:
         evaluate(config, args.folds)
     if args.merge:
         merge(config, args.merge)

@@ -13,7 +13,7 @@ import torch
 
 from bids_app.imaging import templates
 from bids_app.mslesion.predict import (
-    build_net, input_channel, load_ensemble, predict_ensemble, predict_generic, search_region, subvolumes)
+    build_net, input_channel, load_ensemble, predict_ensemble, predict_generic, subvolumes)
 from training.common.paths import ROOT
 from training.mslesion.channels import input_channels
 from training.mslesion.scoring import case_in_template, native_rows
@@ -52,7 +52,9 @@ def evaluate(config: dict, cases: list[dict], exported: bool = False) -> list[di
     tpl, generic, nets, boxes = load_exported(config) if exported else load_nets(config)
     tpl_img = sitk.ReadImage(str(templates.get_template_file("T1w")))
     tpl_mask = sitk.ReadImage(str(templates.get_template_file("mask", desc="brain")))
-    region = search_region(tpl["wm"], dilation_mm=config["search_dilation_mm"])
+    from training.mslesion.crossval import config_region
+
+    region = config_region(config, tpl)
     rows = []
     for case in cases:
         flair, tsi, t1, seconds = case_in_template(case, config, tpl_img, tpl_mask)

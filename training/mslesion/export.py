@@ -54,7 +54,8 @@ def export(config: dict, metrics: list[dict] | None = None) -> Path:
         # measured in the cross-validation (crossval config key flip_lr), not of the weights.
         "inference": {"flip_lr": bool(config.get("flip_lr", False))},
         "output": {"activation": "sigmoid", "labels": {"lesion": 1}, "threshold": config["threshold"],
-                   "search_region": {"template_wm_threshold": 0.5, "dilation_mm": config["search_dilation_mm"]},
+                   "search_region": {"template_wm_threshold": 0.5, "dilation_mm": config["search_dilation_mm"],
+                                     "infratentorial": bool(config.get("search_infratentorial", False))},
                    "min_lesion_mm3": DEFAULT_MIN_VOLUME_MM3},
         "training": {"config": config.get("config_path", f"training/mslesion/configs/{config['name']}.json")},
     }

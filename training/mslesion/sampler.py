@@ -41,6 +41,12 @@ class Sampler:
     uniformly among the lesions (``"lesion"``: small lesions get as many patches as large ones).
 
     ``unlabelled`` / ``unlabelled_synthetic``: the pool of :meth:`unlabelled` patches (see there).
+
+    ``infratentorial``: the probability that a patch not centred on a real lesion is centred instead
+    in the template's brainstem or cerebellum (``tpl["infratentorial"]``, tissue only) and gets 1-3
+    ellipsoid lesions of 1-5 mm semi-axes there, exempt from ``lesion_wm``. The pasted masks are all
+    supratentorial and the template WM probability is low there, so without it the nets see
+    infratentorial lesions only in the few real labels (0 draws when 0: older configs reproduce).
     """
 
     def __init__(self, tpl, lesion_masks, canvases, patch: int, real_fraction: float, seed: int,
@@ -48,7 +54,7 @@ class Sampler:
                  t1_fraction: float = 0.0, prior: bool = True, t1w: bool = False, t1w_dropout: float = 0.3,
                  t1w_contrast=(0.0, 1.5), normal_hyper: float = 0.0, sulci: float = 0.0, deform: float = 0.0,
                  centre_on: str = "voxel", unlabelled: list[dict] | None = None,
-                 unlabelled_synthetic: float = 0.0):
+                 unlabelled_synthetic: float = 0.0, infratentorial: float = 0.0):
         self.tpl, self.masks, self.canvases = tpl, lesion_masks, canvases
         self.unlabelled_pool = [c for c in canvases if "label" not in c] if unlabelled is None else unlabelled
         self.unlabelled_synthetic = float(unlabelled_synthetic)
@@ -83,6 +89,12 @@ class Sampler:
         self.rng = np.random.default_rng(seed)
         self.brain_idx = np.argwhere(tpl["brain"] & (tpl["wm"] + tpl["gm"] > 0.3))
         self.mask_idx = [np.argwhere(m) for m in lesion_masks]
+        self.infratentorial = float(infratentorial)
+        if self.infratentorial > 0:
+            # Brainstem and cerebellar tissue (not CSF): where the pasted lesion masks, all
+            # supratentorial, never reach and the template WM probability is low.
+            tissue = tpl["infratentorial"] & (tpl["wm"] + tpl["gm"] >= 0.5)
+            self.infra_tissue, self.infra_idx = tissue, np.argwhere(tissue)
 
     def _centre(self, region: tuple[slice, ...] | None, lesion_idx: np.ndarray) -> np.ndarray:
         rng = self.rng
@@ -100,6 +112,7 @@ class Sampler:
         canvas = None
         if self.canvases and rng.random() < self.real_fraction:
             canvas = self._pick_canvas()
+        infra = False
         if canvas is not None and "label" in canvas and rng.random() < 0.7:
             # A real lesion, centred: real lesion appearance is what synthesis cannot give.
             idx = canvas["label_idx"]
@@ -110,13 +123,18 @@ class Sampler:
             c = self._centre(region, self.mask_idx[k])
             if flip:
                 c = c.copy(); c[0] = tpl["brain"].shape[0] - 1 - c[0]
+            infra = self.infratentorial > 0 and rng.random() < self.infratentorial
+            if infra:  # an infratentorial patch: lesions of 1-5 mm radius pasted in brainstem/cerebellar tissue
+                c = self._centre(region, self.infra_idx)
         box = self._box(c)
         fbox = (slice(tpl["brain"].shape[0] - box[0].stop, tpl["brain"].shape[0] - box[0].start),) + box[1:]
         les = self.masks[k][fbox][::-1] if flip else self.masks[k][box]
         les = self._thin(les) | self._ellipsoids(tpl["wm"][box])
+        if infra:
+            les |= self._ellipsoids(self.infra_tissue[box].astype(np.float32), count=(1, 4), radius=(1.0, 5.0))
         les &= tpl["brain"][box]
         if self.lesion_wm > 0:  # keep pasted lesions in white matter (the masks come from another MNI template)
-            les &= tpl["wm"][box] >= self.lesion_wm
+            les &= (tpl["wm"][box] >= self.lesion_wm) | (self.infra_tissue[box] if infra else False)
         ignore = np.zeros_like(les)
         target = les.astype(np.float32)
         t1 = None
@@ -190,16 +208,18 @@ class Sampler:
         keep[0] = False
         return keep[lab]
 
-    def _ellipsoids(self, wm):
+    def _ellipsoids(self, wm, count=(0, 4), radius=(0.9, 2.6)):
+        """Random axis-aligned ellipsoids ``(P, P, P)`` bool: ``U{count}`` of them (upper bound
+        excluded), centred where ``wm > 0.7``, semi-axes ``U(radius)`` voxels each."""
         rng, p = self.rng, self.p
         out = np.zeros((p, p, p), bool)
         cand = np.argwhere(wm > 0.7)
         if len(cand) == 0:
             return out
         g = np.indices((p, p, p)).astype(np.float32)
-        for _ in range(rng.integers(0, 4)):
+        for _ in range(rng.integers(*count)):
             c = cand[rng.integers(len(cand))]
-            r = rng.uniform(0.9, 2.6, 3)
+            r = rng.uniform(*radius, 3)
             out |= (((g - c.reshape(3, 1, 1, 1)) / r.reshape(3, 1, 1, 1)) ** 2).sum(0) <= 1
         return out
 

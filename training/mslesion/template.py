@@ -11,10 +11,12 @@ import numpy as np
 from scipy import ndimage
 
 from bids_app.imaging import templates
+from bids_app.mslesion.regions import infratentorial_mask
 
 
 def load_template() -> dict:
-    """Template arrays ``(X, Y, Z)``: T1w image, WM/GM probabilities, brain mask, prior, affine."""
+    """Template arrays ``(X, Y, Z)``: T1w image, WM/GM probabilities, brain mask, prior, affine, the
+    infratentorial brain (:func:`bids_app.mslesion.regions.infratentorial_mask`)."""
     def arr(path):
         img = nib.load(str(path))
         return np.asarray(img.dataobj, dtype=np.float32), img.affine
@@ -28,7 +30,7 @@ def load_template() -> dict:
     csf = brain & (1 - wm - gm >= 0.9)
     knots = tuple(float(np.median(t1[m])) for m in (csf, brain & (gm >= 0.9), brain & (wm >= 0.9)))
     return {"t1": t1, "wm": wm, "gm": gm, "brain": brain, "prior": (wm >= 0.5).astype(np.float32),
-            "affine": affine, "t1_knots": knots}
+            "affine": affine, "t1_knots": knots, "infratentorial": infratentorial_mask(brain, affine)}
 
 
 def sulcal_ridges(wm: np.ndarray, gm: np.ndarray, brain: np.ndarray) -> np.ndarray:

@@ -129,7 +129,8 @@ def run(config: dict) -> None:
                       config.get("labelled_weight", 1.0), config.get("synthetic_t1_fraction", 0.0),
                       prior=prior, t1w=t1w, t1w_dropout=config.get("t1w_dropout", 0.3),
                       normal_hyper=config.get("normal_hyper", 0.0), sulci=config.get("sulci", 0.0),
-                      deform=config.get("deform", 0.0), centre_on=config.get("centre_on", "voxel"))
+                      deform=config.get("deform", 0.0), centre_on=config.get("centre_on", "voxel"),
+                      infratentorial=config.get("infratentorial_lesions", 0.0))
     n_in = len(input_channels(config))
     generic = build_net(n_in, config["channels"])
     if config.get("init_from") and not (run_dir / "generic.pt").exists():
