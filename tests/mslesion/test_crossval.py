@@ -228,3 +228,17 @@ def test_partial_evaluations_merge_into_one_result_and_a_fold_is_never_counted_t
         merge({"name": "cv"}, [parts[0], parts[0]])
     with pytest.raises(SystemExit, match="not 'other'"):
         merge({"name": "other"}, parts)
+
+
+def test_the_card_per_patient_table_shows_only_the_arms_it_is_told(tmp_path):
+    from training.mslesion.cvcard import _patient_arms, patient_table
+
+    arms = {name: [{**_row("a", "X", 0.5, d), "truth_ml": 1.0, "pred_ml": 1.0}]
+            for name, d in (("baseline", 0.3), ("cv ensemble", 0.6), ("cv generic", 0.5))}
+    assert list(_patient_arms(arms, {})) == list(arms)  # default: every arm
+    shown = _patient_arms(arms, {"patient_arms": ["cv ensemble", "baseline"]})
+    assert list(shown) == ["cv ensemble", "baseline"]
+    header = patient_table(shown).splitlines()[0]
+    assert "cv ensemble" in header and "cv generic" not in header
+    with pytest.raises(SystemExit, match="no result file"):
+        _patient_arms(arms, {"patient_arms": ["cv nothing"]})

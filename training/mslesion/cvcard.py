@@ -9,7 +9,8 @@ arm name), ``seed_repeats`` (``[[arm, the same arm with another seed], ...]``, s
 noise; optional), ``timing`` (a participant benchmark text file, optional), ``notes`` (paragraphs),
 ``crossval_config`` (the cross-validation config of the final arm, quoted in the recipe; default cv2.json),
 ``hide_arms`` (internal arm names left out of the tables, e.g. combinations measured but not worth a
-row; their numbers stay in the result files).
+row; their numbers stay in the result files), ``patient_arms`` (shown arm names of the per-patient
+table, in order; default: every arm).
 """
 
 from __future__ import annotations
@@ -117,6 +118,21 @@ def markdown(arms: dict[str, list[dict]]) -> str:
             + "\n\nCells: Dice / lesion-wise F1 / predicted mL on the native FLAIR grid (mean of raters).\n")
 
 
+def _patient_arms(arms: dict[str, list[dict]], card: dict) -> dict[str, list[dict]]:
+    """The arms of the per-patient table: ``card["patient_arms"]`` (shown names, in that order) or all."""
+    names = card.get("patient_arms")
+    if not names:
+        return arms
+    missing = [n for n in names if n not in arms]
+    if missing:
+        raise SystemExit(f"card.patient_arms names arms that no result file gives: {missing}")
+    return {n: arms[n] for n in names}
+
+
+def _patient_scope(card: dict) -> str:
+    return "; the arms that matter here (every arm's rows are in its result file)" if card.get("patient_arms") else ""
+
+
 def _seed_section(arms: dict[str, list[dict]], card: dict) -> str:
     if not card.get("seed_repeats"):
         return ""
@@ -220,9 +236,9 @@ The shipped 0.1.0 model is scored on the patients it never saw (it trained on `s
 {_seed_section(arms, card)}
 ## Every patient
 
-Cells: Dice / lesion-wise F1 / predicted mL.
+Cells: Dice / lesion-wise F1 / predicted mL{_patient_scope(card)}.
 
-{patient_table(arms)}
+{patient_table(_patient_arms(arms, card))}
 
 ## What it is
 Compact 3D MONAI UNets (channels {config['channels']}, one residual unit per level, one output channel,
