@@ -118,6 +118,12 @@ def markdown(arms: dict[str, list[dict]]) -> str:
             + "\n\nCells: Dice / lesion-wise F1 / predicted mL on the native FLAIR grid (mean of raters).\n")
 
 
+def _infra_recipe(config: dict) -> str:
+    p = config.get("infratentorial_lesions", 0.0)
+    return ("" if not p else f"\n- Infratentorial patches: {int(round(100 * p))} % of the patches not centred on a real lesion are "
+            "centred in the template's brainstem or cerebellum, with 1-3 ellipsoid lesions (1-5 mm semi-axes) there.")
+
+
 def _patient_arms(arms: dict[str, list[dict]], card: dict) -> dict[str, list[dict]]:
     """The arms of the per-patient table: ``card["patient_arms"]`` (shown names, in that order) or all."""
     names = card.get("patient_arms")
@@ -251,7 +257,7 @@ members' spread as an uncertainty map.
 Inputs: the FLAIR after N4, affine registration to the template and `(x - median) / IQR` inside the
 template brain mask{'; the template white-matter mask (probability >= 0.5) as the global-binary-mask prior (Hertel et al.)' if config.get('prior', True) else ' (no prior channel; the template WM still bounds the search region)'}.
 Channels: {', '.join(meta['input']['channels'])}.
-Output: lesion probability inside the template WM dilated by {config['search_dilation_mm']} mm{" (every net also runs on the left-right mirrored FLAIR; its map, mirrored back, joins the ensemble's members)" if flip else ""}, resampled
+Output: lesion probability inside the template WM dilated by {config['search_dilation_mm']} mm{" and the template's brainstem and cerebellum (`regions.infratentorial_mask`)" if config.get('search_infratentorial') else ""}{" (every net also runs on the left-right mirrored FLAIR; its map, mirrored back, joins the ensemble's members)" if flip else ""}, resampled
 to the FLAIR grid, thresholded at {meta['output']['threshold']} (the threshold with the best mean
 cross-validated Dice over all folds); lesions under {meta['output']['min_lesion_mm3']} mm^3 are dropped.
 
@@ -267,7 +273,7 @@ cross-validation: `python -m training.mslesion.crossval {card.get('crossval_conf
   pasted in, their bright white matter left out of the loss.
 - Synthetic FLAIRs from the template tissue maps with random contrasts ({int(100 * config.get('synthetic_t1_fraction', 0))} % from the
   template T1w), with the 28 real lesion masks of Lesjak et al. (random subsets, flips, contrast
-  {config.get('lesion_contrast')} IQR) pasted in.
+  {config.get('lesion_contrast')} IQR) pasted in.{_infra_recipe(config)}
 - Image-quality augmentation: blur, thick slices (2-6 mm), k-space ghosting and motion, noise, bias field, gamma.
 - Loss BCE + soft Dice; patches {config['patch']}^3, batch {config['batch']}, AdamW lr {config['lr']}, cosine decay;
   generic {config['generic_iterations']} iterations, each specialist {config['special_iterations']} at 0.3x lr;
