@@ -43,8 +43,9 @@ class Sampler:
     ``unlabelled`` / ``unlabelled_synthetic``: the pool of :meth:`unlabelled` patches (see there).
 
     ``infratentorial``: the probability that a patch not centred on a real lesion is centred instead
-    in the template's brainstem or cerebellum (``tpl["infratentorial"]``, tissue only) and gets 1-3
-    ellipsoid lesions of 1-5 mm semi-axes there, exempt from ``lesion_wm``. The pasted masks are all
+    on the template's brainstem or cerebellar tissue (``tpl["infratentorial"]``; as :meth:`_centre` draws,
+    60 % of such patches there, the rest anywhere in the brain) and gets 1-3 ellipsoid lesions of
+    1-5 mm semi-axes in that tissue, exempt from ``lesion_wm``. The pasted masks are all
     supratentorial and the template WM probability is low there, so without it the nets see
     infratentorial lesions only in the few real labels (0 draws when 0: older configs reproduce).
     """
