@@ -149,13 +149,17 @@ def _below_tentorium(xyz: np.ndarray) -> np.ndarray:
     return (xyz[2] < -15.0 - 0.2 * (xyz[1] + 50.0)) & ((xyz[1] < -25.0) | (np.abs(xyz[0]) < 15.0))
 
 
+def _mm_coordinates(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """World coordinates ``(3, X, Y, Z)`` in mm of every voxel of a grid ``shape`` with voxel-to-mm ``affine``."""
+    ijk = np.indices(shape).reshape(3, -1)
+    return (np.asarray(affine)[:3, :3] @ ijk + np.asarray(affine)[:3, 3:4]).reshape(3, *shape)
+
+
 def infratentorial_mask(brain: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """The infratentorial region of :func:`template_regions` alone: ``brain`` ``(X, Y, Z)`` below the
     approximate tentorium (brainstem and cerebellum), from the MNI voxel-to-mm ``affine``."""
     brain = np.asarray(brain, bool)
-    ijk = np.indices(brain.shape).reshape(3, -1)
-    xyz = (np.asarray(affine)[:3, :3] @ ijk + np.asarray(affine)[:3, 3:4]).reshape(3, *brain.shape)
-    return brain & _below_tentorium(xyz)
+    return brain & _below_tentorium(_mm_coordinates(brain.shape, affine))
 
 
 def template_regions(wm: np.ndarray, gm: np.ndarray, brain: np.ndarray, affine: np.ndarray,
@@ -191,8 +195,7 @@ def template_regions(wm: np.ndarray, gm: np.ndarray, brain: np.ndarray, affine: 
     zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
     d_out = ndimage.distance_transform_edt(brain, sampling=zooms)
     csf = brain & ((1.0 - wm - gm) > 0.5)
-    ijk = np.indices(brain.shape).reshape(3, -1)
-    xyz = (np.asarray(affine)[:3, :3] @ ijk + np.asarray(affine)[:3, 3:4]).reshape(3, *brain.shape)
+    xyz = _mm_coordinates(brain.shape, affine)
     deep_csf = csf & (d_out > deep_csf_mm) & (np.abs(xyz[0]) < 35.0)
     lab, n = ndimage.label(deep_csf, np.ones((3, 3, 3)))
     sizes = np.bincount(lab.ravel()) * float(np.prod(zooms)) / MM3_PER_ML

@@ -6,26 +6,12 @@ from bids_app.mslesion import predict as M
 from bids_app.mslesion import regions
 from training.mslesion.crossval import config_region
 from training.mslesion.sampler import Sampler
+from tests.mslesion.test_measures import synthetic_brain
 from tests.mslesion.test_uncertainty import tiny_lesion_model
 
 
-def _sphere_brain():
-    """A spherical "brain" (radius 60 mm, 2 mm voxels, centred at MNI (0, -20, 0)), white matter inside
-    a 6 mm grey-matter ribbon (as in test_measures.test_template_regions_on_a_synthetic_brain)."""
-    n, step = 71, 2.0
-    affine = np.diag([step, step, step, 1.0])
-    affine[:3, 3] = [-70.0, -90.0, -70.0]
-    ijk = np.indices((n, n, n)).astype(float)
-    xyz = np.stack([affine[a, a] * ijk[a] + affine[a, 3] for a in range(3)])
-    r = np.sqrt(xyz[0] ** 2 + (xyz[1] + 20.0) ** 2 + xyz[2] ** 2)
-    brain = r <= 60
-    gm = ((r > 54) & brain).astype(np.float32)
-    wm = (brain & (r <= 54)).astype(np.float32)
-    return brain, wm, gm, affine
-
-
 def test_the_infratentorial_mask_is_the_region_that_the_lesion_report_counts():
-    brain, wm, gm, affine = _sphere_brain()
+    brain, wm, gm, affine = synthetic_brain()
     infra = regions.infratentorial_mask(brain, affine)
     assert np.array_equal(infra, regions.template_regions(wm, gm, brain, affine)[regions.INFRATENTORIAL])
     at = lambda x, y, z: tuple(int(round((v - affine[a, 3]) / 2.0)) for a, v in enumerate((x, y, z)))  # noqa: E731

@@ -274,9 +274,10 @@ def test_metrics_need_one_grid():
         measures.segmentation_metrics(volume((4, 4, 4)), volume((4, 4, 5)), ISO)
 
 
-def test_template_regions_on_a_synthetic_brain():
-    """A spherical "brain" (radius 60 mm, 2 mm voxels, centred at MNI (0, -20, 0)): a 2 mm cortex
-    ribbon of grey matter, white matter inside, and a central ventricle (radius 12 mm)."""
+def synthetic_brain():
+    """``(brain, wm, gm, affine)``: a spherical "brain" (radius 60 mm, 2 mm voxels, centred at MNI
+    (0, -20, 0)): a 6 mm cortex ribbon of grey matter, white matter inside, and a central ventricle
+    (radius 12 mm). Shared with ``test_infratentorial.py``."""
     n, step = 71, 2.0
     affine = np.diag([step, step, step, 1.0])
     affine[:3, 3] = [-70.0, -90.0, -70.0]  # voxel centres on even mm, so the probes below are exact
@@ -287,6 +288,12 @@ def test_template_regions_on_a_synthetic_brain():
     vent = r <= 12
     gm = ((r > 54) & brain).astype(float)
     wm = (brain & ~vent & (r <= 54)).astype(float)
+    return brain, wm, gm, affine
+
+
+def test_template_regions_on_a_synthetic_brain():
+    brain, wm, gm, affine = synthetic_brain()
+    step = affine[0, 0]
 
     found = lesion_regions.template_regions(wm, gm, brain, affine)
 
